@@ -123,10 +123,10 @@ def split_graph(gm: fx.GraphModule, assignment: Mapping[str, int], n_tiers: int)
             env[n] = graph.placeholder(n.name)
         for n in nodes:
             if tier[n] == k and n.op != "placeholder":
-                env[n] = graph.node_copy(n, lambda a: env[a])
+                env[n] = graph.node_copy(n, env.__getitem__)
         if k == top:
             result = output.args[0]
-            graph.output(fx.graph.map_arg(result, lambda a: env[a]))
+            graph.output(fx.graph.map_arg(result, env.__getitem__))
             outputs: list[fx.Node] = []
         else:
             outputs = crossing(k + 1)

@@ -7,6 +7,7 @@ actors run is the maths the tests check. Values cross a link as numpy arrays (th
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,9 @@ import torch.nn.functional as F
 
 from tiers.optim import OptimizerSpec, make_optimizer
 from tiers.split import Stage
+
+# Arrays from Ray's object store are read-only views; stage inputs are never written in place.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
 def to_wire(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:

@@ -1,0 +1,81 @@
+"""Emulated time: the computation really runs, the clock is virtual (design §5).
+
+What a device's virtual time in a round includes, and nothing else:
+- compute: seconds measured on this host for each tier's work, scaled by
+  ``host_flops_per_s / tier_flops_per_s`` (the host is calibrated once by a matmul);
+- transfers: bytes / bandwidth for activations up and gradients down on each link it used;
+- model sync: the device-side parameters down and up once per round on its device-edge link.
+An edge server's compute is shared: the round cannot end before the edge has done all of its
+devices' edge work back to back, so the round time is the larger of the slowest device and the
+busiest edge. Aggregation arithmetic and Ray's own overhead are not counted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+
+@lru_cache(maxsize=1)
+def host_flops_per_s() -> float:
+    """This host's dense float32 speed, single-threaded like the tier actors."""
+    n = 256
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(3):
+            a @ b
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 0.2:
+            a @ b
+            reps += 1
+        elapsed = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+    return 2 * n**3 * reps / elapsed
+
+
+@dataclass(frozen=True)
+class DeviceRoundTime:
+    device_id: str
+    edge: str | None
+    compute_s: tuple[float, float, float]  # virtual, per tier
+    transfer_s: float
+    sync_s: float
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.compute_s) + self.transfer_s + self.sync_s
+
+
+@dataclass(frozen=True)
+class LinkRates:
+    device_bandwidth_bps: float
+    edge_cloud_bandwidth_bps: float
+
+
+def device_round_time(device_id: str, edge: str | None, measured_compute_s: tuple[float, float, float],
+                      speeds_flops_per_s: tuple[float, float, float], bytes_up: tuple[int, int],
+                      bytes_down: tuple[int, int], links: LinkRates, sync_bytes: int,
+                      host_speed: float) -> DeviceRoundTime:
+    compute = tuple(m * host_speed / s for m, s in zip(measured_compute_s, speeds_flops_per_s, strict=True))
+    transfer = 8 * (bytes_up[0] + bytes_down[0]) / links.device_bandwidth_bps
+    transfer += 8 * (bytes_up[1] + bytes_down[1]) / links.edge_cloud_bandwidth_bps
+    sync = 8 * 2 * sync_bytes / links.device_bandwidth_bps
+    return DeviceRoundTime(device_id, edge, compute, transfer, sync)
+
+
+def round_time(times: Iterable[DeviceRoundTime]) -> float:
+    """Slowest device, or busiest edge if its shared compute takes longer."""
+    times = list(times)
+    if not times:
+        return 0.0
+    edge_busy: dict[str | None, float] = {}
+    for t in times:
+        edge_busy[t.edge] = edge_busy.get(t.edge, 0.0) + t.compute_s[1]
+    return max(max(t.total_s for t in times), max(edge_busy.values()))

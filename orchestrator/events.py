@@ -1,0 +1,30 @@
+"""The run's event log: every event is one JSON line, and also goes to any live sinks (metrics)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Event = dict[str, Any]
+
+
+class EventLog:
+    def __init__(self, path: Path, sinks: list[Callable[[Event], None]] | None = None):
+        self.path = path
+        self._fh = open(path, "a", buffering=1)
+        self.sinks = list(sinks or [])
+
+    def emit(self, event: Event) -> None:
+        self._fh.write(json.dumps(event, sort_keys=True) + "\n")
+        for sink in self.sinks:
+            sink(event)
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_events(path: Path) -> list[Event]:
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]

@@ -1,0 +1,320 @@
+"""The Prometheus exporter: metrics derived from the round loop's events, one source of truth.
+
+The orchestrator writes each event to the run's ``events.jsonl`` and hands the same dict to
+:meth:`MetricsExporter.observe`. Event kinds (keys always present unless noted)::
+
+    run_start  wall_time_s virtual_time_s time_mode scenario devices edges policy
+    round_end  round wall_time_s virtual_time_s duration_s accuracy loss train_loss
+               bytes{link:{up,down}} compute_s{tier} devices_per_edge devices_per_ring
+               splits{device:[n_dev,n_edge,n_cloud]} samples failures
+    handover   round virtual_time_s device from_edge to_edge
+    migration  round virtual_time_s device from_edge to_edge policy bytes duration_s ok
+    failure    round virtual_time_s kind entity detail
+    replan     round virtual_time_s changed
+    run_end    wall_time_s virtual_time_s final_accuracy rounds
+
+Unknown kinds are ignored. Labels stay bounded (edge, ring, tier, link, direction, policy,
+kind, split); per-device series exist only with ``per_device_labels=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+log = logging.getLogger(__name__)
+
+PREFIX = "tierflow_"
+
+# Rounds take seconds (small models, emulated clocks) to many minutes (real devices).
+ROUND_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800)
+# Migrations take milliseconds (loopback) to tens of seconds (a large session on a slow link).
+MIGRATION_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+# Placement is reported as devices per split "d{n}_e{n}_c{n}". The number of distinct splits in
+# use is small (the candidate set of §4.1b), but a cap keeps a pathological run bounded.
+MAX_SPLIT_SERIES = 50
+OTHER_SPLIT = "other"
+
+TIERS = ("device", "edge", "cloud")
+
+
+def split_label(split) -> str:
+    """``[3, 5, 0]`` → ``"d3_e5_c0"``."""
+    d, e, c = (int(x) for x in split)
+    return f"d{d}_e{e}_c{c}"
+
+
+def _parse_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"metrics address {addr!r}: expected 'host:port', e.g. '127.0.0.1:9464'")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class MetricsExporter:
+    """Prometheus metrics for one orchestrator, fed by :meth:`observe`, served by :meth:`start`."""
+
+    def __init__(
+        self,
+        addr: str = "127.0.0.1:9464",
+        registry: CollectorRegistry | None = None,
+        *,
+        per_device_labels: bool = False,
+        strict: bool = False,
+    ) -> None:
+        self.host, self.port = _parse_addr(addr)
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.per_device_labels = per_device_labels
+        # A metrics bug must not tear down a training run; tests pass strict=True to see it.
+        self.strict = strict
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._edges: set[str] = set()
+        self._rings: set[str] = set()
+        self._split_labels: set[str] = set()
+        self._device_labels: set[str] = set()
+
+        r = self.registry
+        p = PREFIX
+        self.run_info = Info(f"{p}run", "The current run: scenario, time mode, policy.", registry=r)
+        self.run_devices = Gauge(f"{p}run_devices", "Devices in the scenario.", registry=r)
+        self.run_running = Gauge(f"{p}run_running", "1 while a run is in progress, else 0.", registry=r)
+        self.round = Gauge(f"{p}round", "Last completed round (1-based).", registry=r)
+        self.round_duration = Histogram(
+            f"{p}round_duration_seconds", "Round duration in the run's clock.",
+            buckets=ROUND_BUCKETS_S, registry=r,
+        )
+        self.accuracy = Gauge(f"{p}accuracy_ratio", "Evaluation accuracy after the last round.", registry=r)
+        self.loss = Gauge(f"{p}loss", "Evaluation loss after the last round.", registry=r)
+        self.train_loss = Gauge(f"{p}train_loss", "Mean training loss of the last round.", registry=r)
+        self.compute = Counter(
+            f"{p}compute_seconds", "Compute time summed over a tier's workers, in the run's clock.",
+            ["tier"], registry=r,
+        )
+        self.link_bytes = Counter(
+            f"{p}link_bytes", "Bytes moved per link and direction.", ["link", "direction"], registry=r
+        )
+        self.samples = Counter(f"{p}samples", "Training samples processed.", registry=r)
+        self.edge_devices = Gauge(f"{p}edge_devices", "Devices attached to an edge server.", ["edge"], registry=r)
+        self.ring_devices = Gauge(f"{p}ring_devices", "Devices in a capability ring.", ["ring"], registry=r)
+        self.placement_devices = Gauge(
+            f"{p}placement_devices", "Devices per split, labelled d<device nodes>_e<edge>_c<cloud>.",
+            ["split"], registry=r,
+        )
+        self.placement_nodes = Gauge(
+            f"{p}placement_mean_nodes", "Mean graph nodes placed on a tier, over devices.", ["tier"],
+            registry=r,
+        )
+        self.handovers = Counter(f"{p}handovers", "Device handovers between edge servers.", registry=r)
+        self.migrations = Counter(
+            f"{p}migrations", "Session migrations (or restarts) after a handover.", ["policy", "ok"],
+            registry=r,
+        )
+        self.migration_bytes = Counter(
+            f"{p}migration_bytes", "Session bytes moved edge to edge.", ["policy"], registry=r
+        )
+        self.migration_duration = Histogram(
+            f"{p}migration_duration_seconds", "Time to move a session edge to edge.", ["policy"],
+            buckets=MIGRATION_BUCKETS_S, registry=r,
+        )
+        self.failures = Counter(f"{p}failures", "Failures by kind.", ["kind"], registry=r)
+        self.replans = Counter(f"{p}replans", "Placement re-plans.", registry=r)
+        self.replan_changes = Counter(
+            f"{p}replan_changed_devices", "Devices whose placement a re-plan changed.", registry=r
+        )
+        self.virtual_time = Gauge(f"{p}virtual_time_seconds", "The run's emulated clock.", registry=r)
+        self.wall_time = Gauge(f"{p}wall_time_seconds", "Wall-clock time since run start.", registry=r)
+        self.bad_events = Counter(
+            f"{p}exporter_bad_events", "Events the exporter could not read.", ["event"], registry=r
+        )
+        if per_device_labels:
+            self.device_nodes = Gauge(
+                f"{p}device_nodes", "Graph nodes placed on a tier for one device.", ["device", "tier"],
+                registry=r,
+            )
+            self.device_handovers = Counter(
+                f"{p}device_handovers", "Handovers of one device.", ["device"], registry=r
+            )
+        self._handlers = {
+            "run_start": self._run_start,
+            "round_end": self._round_end,
+            "handover": self._handover,
+            "migration": self._migration,
+            "failure": self._failure,
+            "replan": self._replan,
+            "run_end": self._run_end,
+        }
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def start(self) -> MetricsExporter:
+        """Serve ``/metrics`` on ``addr``; with port 0 the chosen port is in ``.port``."""
+        if self._server is not None:
+            return self
+        self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self.registry)
+        self.port = self._server.server_port
+        log.info("metrics exporter serving on http://%s:%d/metrics", self.host, self.port)
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def __enter__(self) -> MetricsExporter:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- events ------------------------------------------------------------------------------
+
+    def observe(self, event: Mapping) -> None:
+        """Update metrics from one event; unknown kinds are ignored."""
+        kind = event.get("event")
+        handler = self._handlers.get(kind)
+        if handler is None:
+            return
+        try:
+            with self._lock:
+                handler(event)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if self.strict:
+                raise
+            self.bad_events.labels(event=kind).inc()
+            log.warning("metrics: ignoring malformed %s event (%r): %s", kind, exc, event)
+
+    def _times(self, e: Mapping) -> None:
+        if "virtual_time_s" in e:
+            self.virtual_time.set(float(e["virtual_time_s"]))
+        if "wall_time_s" in e:
+            self.wall_time.set(float(e["wall_time_s"]))
+
+    def _run_start(self, e: Mapping) -> None:
+        # Gauges describe the current run only; counters keep counting (rate() copes).
+        for g, labels in ((self.edge_devices, self._edges), (self.ring_devices, self._rings),
+                          (self.placement_devices, self._split_labels)):
+            for lab in labels:
+                g.remove(lab)
+            labels.clear()
+        if self.per_device_labels:
+            self.device_nodes.clear()
+            self._device_labels.clear()
+        self.run_info.info({
+            "scenario": str(e["scenario"]),
+            "time_mode": str(e["time_mode"]),
+            "policy": str(e.get("policy", "")),
+        })
+        self.run_devices.set(int(e["devices"]))
+        self.run_running.set(1)
+        self.round.set(0)
+        self._edges = {str(x) for x in e.get("edges", ())}
+        for edge in self._edges:
+            self.edge_devices.labels(edge=edge).set(0)
+        self._times(e)
+
+    def _round_end(self, e: Mapping) -> None:
+        # Read everything first so a malformed event changes nothing.
+        rnd = int(e["round"])
+        duration = float(e["duration_s"])
+        acc, loss, train_loss = float(e["accuracy"]), float(e["loss"]), float(e["train_loss"])
+        link_bytes = {(str(link), str(d)): int(n) for link, dirs in e["bytes"].items() for d, n in dirs.items()}
+        compute = {str(t): float(s) for t, s in e["compute_s"].items()}
+        per_edge = {str(k): int(v) for k, v in e["devices_per_edge"].items()}
+        per_ring = {str(k): int(v) for k, v in (e.get("devices_per_ring") or {}).items()}
+        splits = {str(d): tuple(int(x) for x in s) for d, s in e["splits"].items()}
+        samples = int(e["samples"])
+
+        self.round.set(rnd)
+        self.round_duration.observe(duration)
+        self.accuracy.set(acc)
+        self.loss.set(loss)
+        self.train_loss.set(train_loss)
+        for (link, direction), n in link_bytes.items():
+            self.link_bytes.labels(link=link, direction=direction).inc(n)
+        for tier, s in compute.items():
+            self.compute.labels(tier=tier).inc(s)
+        self.samples.inc(samples)
+        self._edges = self._set_all(self.edge_devices, self._edges, per_edge, keep_known=True)
+        self._rings = self._set_all(self.ring_devices, self._rings, per_ring)
+        self._placement(splits)
+        self._times(e)
+
+    @staticmethod
+    def _set_all(gauge: Gauge, known: set[str], values: dict[str, float], keep_known: bool = False) -> set[str]:
+        """Set a labelled gauge to ``values``: known edges drop to 0, vanished rings disappear."""
+        for lab, v in values.items():
+            gauge.labels(lab).set(v)
+        for lab in known - values.keys():
+            if keep_known:
+                gauge.labels(lab).set(0)
+            else:
+                gauge.remove(lab)
+        return (known | values.keys()) if keep_known else set(values)
+
+    def _placement(self, splits: dict[str, tuple[int, ...]]) -> None:
+        counts: dict[str, int] = {}
+        for s in splits.values():
+            lab = split_label(s)
+            counts[lab] = counts.get(lab, 0) + 1
+        if len(counts) > MAX_SPLIT_SERIES:
+            ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            kept = dict(ranked[: MAX_SPLIT_SERIES - 1])
+            kept[OTHER_SPLIT] = sum(n for _, n in ranked[MAX_SPLIT_SERIES - 1:])
+            counts = kept
+        self._split_labels = self._set_all(self.placement_devices, self._split_labels, counts)
+        if splits:
+            for i, tier in enumerate(TIERS):
+                self.placement_nodes.labels(tier=tier).set(sum(s[i] for s in splits.values()) / len(splits))
+        if self.per_device_labels:
+            for device, s in splits.items():
+                for i, tier in enumerate(TIERS):
+                    self.device_nodes.labels(device=device, tier=tier).set(s[i])
+            for device in self._device_labels - splits.keys():
+                for tier in TIERS:
+                    self.device_nodes.remove(device, tier)
+            self._device_labels = set(splits)
+
+    def _handover(self, e: Mapping) -> None:
+        self.handovers.inc()
+        if self.per_device_labels:
+            self.device_handovers.labels(device=str(e["device"])).inc()
+        self._times(e)
+
+    def _migration(self, e: Mapping) -> None:
+        policy = str(e["policy"])
+        ok = "true" if e["ok"] else "false"
+        n_bytes, duration = int(e["bytes"]), float(e["duration_s"])
+        self.migrations.labels(policy=policy, ok=ok).inc()
+        self.migration_bytes.labels(policy=policy).inc(n_bytes)
+        self.migration_duration.labels(policy=policy).observe(duration)
+        self._times(e)
+
+    def _failure(self, e: Mapping) -> None:
+        self.failures.labels(kind=str(e["kind"])).inc()
+        self._times(e)
+
+    def _replan(self, e: Mapping) -> None:
+        changed = int(e["changed"])
+        self.replans.inc()
+        self.replan_changes.inc(changed)
+        self._times(e)
+
+    def _run_end(self, e: Mapping) -> None:
+        self.run_running.set(0)
+        self.accuracy.set(float(e["final_accuracy"]))
+        self._times(e)

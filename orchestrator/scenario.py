@@ -1,0 +1,344 @@
+"""Scenario files: YAML in, a validated, frozen :class:`Scenario` out, before anything starts.
+
+A device entry may carry ``count: N`` to stand for N devices, and any of its speeds may be a range
+``[low, high]`` drawn log-uniformly per device from the scenario's seed, so a city of devices
+fits in a few lines.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from orchestrator.errors import TierflowError
+from orchestrator.validate import Fields
+from tiers.optim import OPTIMIZERS, OptimizerSpec
+
+
+@dataclass(frozen=True)
+class CloudSpec:
+    flops_per_s: float
+
+
+@dataclass(frozen=True)
+class EdgeSpec:
+    name: str
+    position: tuple[float, float]
+    radius_m: float
+    flops_per_s: float
+    cloud_bandwidth_mbps: float
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    name: str
+    flops_per_s: float
+    memory_mb: float
+    bandwidth_mbps: float
+    data_share: float
+    position: tuple[float, float]
+    edge: str
+    split: tuple[str | int, ...] | None  # None: the scenario's default split
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str = "digits"
+    path: str | None = None
+    partition: str = "iid"
+    alpha: float = 0.5
+    test_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    rounds: int
+    local_steps: int  # k1: local steps between edge aggregations
+    batch_size: int
+    optimizer: OptimizerSpec
+    seed: int = 0
+    target_accuracy: float = 0.9
+
+
+@dataclass(frozen=True)
+class AggregationSpec:
+    schedule: str = "hierfavg"  # or "flat": the cloud averages all devices directly
+    cloud_every: int = 1  # k2: edge aggregations per cloud aggregation (one round)
+
+
+@dataclass(frozen=True)
+class MobilitySpec:
+    model: str = "static"  # static | random_waypoint | trace
+    speed_mps: tuple[float, float] = (1.0, 10.0)
+    pause_s: float = 0.0
+    area_m: tuple[float, float] | None = None
+    trace: str | None = None
+    hysteresis_m: float = 10.0
+    round_duration_s: float | None = None  # real time per round for mobility; None: the run's clock
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    placement: str = "fixed"  # fixed | adaptive
+    rings: int | str = "off"  # off | auto | K
+    handover: str = "migrate"  # migrate | restart
+    disconnected: str = "wait"  # wait | drop
+
+
+@dataclass(frozen=True)
+class ExecutionSpec:
+    device_hosts: int = 2
+    time: str = "emulated"  # emulated | real
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    source: str
+    cloud: CloudSpec
+    edges: tuple[EdgeSpec, ...]
+    devices: tuple[DeviceSpec, ...]
+    model: ModelSpec
+    dataset: DatasetSpec
+    training: TrainingSpec
+    aggregation: AggregationSpec
+    split: tuple[str | int, ...]
+    mobility: MobilitySpec = field(default_factory=MobilitySpec)
+    policy: PolicySpec = field(default_factory=PolicySpec)
+    execution: ExecutionSpec = field(default_factory=ExecutionSpec)
+
+    def edge(self, name: str) -> EdgeSpec:
+        return next(e for e in self.edges if e.name == name)
+
+    def device_split(self, device: DeviceSpec) -> tuple[str | int, ...]:
+        return self.split if device.split is None else device.split
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file; raise TierflowError naming the field on any mistake."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise TierflowError(f"{source}: cannot read the scenario file ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise TierflowError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+    if data is None:
+        raise TierflowError(f"{source}: the scenario file is empty (expected a mapping with cloud, edges, devices...)")
+    scenario = parse_scenario(data, source, base_dir=path.parent)
+    from orchestrator.checks import check_model_and_splits  # traces the model: no Ray needed
+
+    check_model_and_splits(scenario)
+    return scenario
+
+
+def parse_scenario(data: Any, source: str, base_dir: Path = Path(".")) -> Scenario:
+    top = Fields(source, "", data)
+    name = top.string("name", Path(source).stem)
+    seed_fields = top.sub("training")
+    seed = seed_fields.integer("seed", 0)
+
+    cloud_f = top.sub("cloud")
+    cloud = CloudSpec(cloud_f.number("flops_per_s", positive=True))
+    cloud_f.reject_unknown()
+
+    edges: list[EdgeSpec] = []
+    for ef in top.items("edges"):
+        edges.append(EdgeSpec(
+            name=ef.string("name"),
+            position=ef.point("position", (0.0, 0.0)),
+            radius_m=ef.number("radius_m", 1000.0, positive=True),
+            flops_per_s=ef.number("flops_per_s", positive=True),
+            cloud_bandwidth_mbps=ef.number("cloud_bandwidth_mbps", 1000.0, positive=True),
+        ))
+        ef.reject_unknown()
+    if not edges:
+        top.fail("edges", "at least one edge server", [])
+    _unique([e.name for e in edges], source, "edges")
+
+    split = _split(top, "split", None)
+    rng = np.random.default_rng(seed + 7919)
+    devices: list[DeviceSpec] = []
+    for df in top.items("devices"):
+        count = df.integer("count", 1, minimum=1)
+        base = df.string("name")
+        for i in range(count):
+            devices.append(_device(df, base if count == 1 else f"{base}{i}", edges, rng))
+        df.reject_unknown()
+    if not devices:
+        top.fail("devices", "at least one device", [])
+    _unique([d.name for d in devices], source, "devices")
+
+    model_f = top.sub("model")
+    model = ModelSpec(model_f.string("name"))
+    model_f.reject_unknown()
+
+    ds_f = top.sub("dataset", {})
+    dataset = DatasetSpec(
+        name=ds_f.string("name", "digits"),
+        path=ds_f.string("path", None) if ds_f.get("path", None) is not None else None,
+        partition=ds_f.string("partition", "iid", choices=("iid", "dirichlet")),
+        alpha=ds_f.number("alpha", 0.5, positive=True),
+        test_fraction=ds_f.number("test_fraction", 0.2, positive=True, maximum=0.9),
+    )
+    if dataset.name == "cifar10" and dataset.path is None:
+        ds_f.fail("path", "the local directory holding CIFAR-10's python batches", None)
+    if dataset.path is not None and not Path(dataset.path).is_absolute():
+        dataset = DatasetSpec(**{**dataset.__dict__, "path": str(base_dir / dataset.path)})
+    ds_f.reject_unknown()
+
+    tr = seed_fields
+    opt_f = tr.sub("optimizer", {})
+    optimizer = OptimizerSpec(
+        name=opt_f.string("name", "sgd", choices=OPTIMIZERS),
+        lr=opt_f.number("lr", 0.05, positive=True),
+        momentum=opt_f.number("momentum", 0.0, minimum=0.0, maximum=0.999),
+        weight_decay=opt_f.number("weight_decay", 0.0, minimum=0.0),
+    )
+    opt_f.reject_unknown()
+    training = TrainingSpec(
+        rounds=tr.integer("rounds", minimum=1),
+        local_steps=tr.integer("local_steps", minimum=1),
+        batch_size=tr.integer("batch_size", 32, minimum=1),
+        optimizer=optimizer,
+        seed=seed,
+        target_accuracy=tr.number("target_accuracy", 0.9, minimum=0.0, maximum=1.0),
+    )
+    tr.reject_unknown()
+
+    ag_f = top.sub("aggregation", {})
+    aggregation = AggregationSpec(
+        schedule=ag_f.string("schedule", "hierfavg", choices=("hierfavg", "flat")),
+        cloud_every=ag_f.integer("cloud_every", 1, minimum=1),
+    )
+    ag_f.reject_unknown()
+
+    mobility = _mobility(top.sub("mobility", {}), base_dir)
+    pol_f = top.sub("policy", {})
+    rings = pol_f.get("rings", "off")
+    if not (rings in ("off", "auto") or (isinstance(rings, int) and not isinstance(rings, bool) and rings >= 1)):
+        pol_f.fail("rings", "'off', 'auto' or a positive integer", rings)
+    policy = PolicySpec(
+        placement=pol_f.string("placement", "fixed", choices=("fixed", "adaptive")),
+        rings=rings,
+        handover=pol_f.string("handover", "migrate", choices=("migrate", "restart")),
+        disconnected=pol_f.string("disconnected", "wait", choices=("wait", "drop")),
+    )
+    pol_f.reject_unknown()
+    ex_f = top.sub("execution", {})
+    execution = ExecutionSpec(
+        device_hosts=ex_f.integer("device_hosts", 2, minimum=1),
+        time=ex_f.string("time", "emulated", choices=("emulated", "real")),
+    )
+    ex_f.reject_unknown()
+    if split is None:
+        if policy.placement == "fixed" and any(d.split is None for d in devices):
+            top.fail("split", "a default split (a list of cut layers) when placement is fixed", None)
+        split = ()
+    top.reject_unknown()
+    return Scenario(name, source, cloud, tuple(edges), tuple(devices), model, dataset, training,
+                    aggregation, split, mobility, policy, execution)
+
+
+def _unique(names: list[str], source: str, where: str) -> None:
+    seen: set[str] = set()
+    for i, n in enumerate(names):
+        if n in seen:
+            raise TierflowError(f"{source}: {where}[{i}].name: expected a unique name, got duplicate {n!r}")
+        seen.add(n)
+
+
+def _split(f: Fields, key: str, default: Any) -> tuple[str | int, ...] | None:
+    value = f.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > 2:
+        f.fail(key, "a list of at most two cut layers (names or layer counts)", value)
+    for i, cut in enumerate(value):
+        if isinstance(cut, bool) or not isinstance(cut, (str, int)):
+            raise TierflowError(f"{f.source}: {f.field(key)}[{i}]: expected a layer name or count, got {cut!r}")
+    return tuple(value)
+
+
+def _ranged(f: Fields, key: str, default: Any, rng: np.random.Generator) -> float:
+    """A positive number, or [low, high] drawn log-uniformly (speeds span orders of magnitude)."""
+    value = f.get(key, default)
+    if isinstance(value, list):
+        ok = len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                     for v in value) and value[0] <= value[1]
+        if not ok:
+            f.fail(key, "a positive number or a range [low, high] of positive numbers", value)
+        return float(math.exp(rng.uniform(math.log(value[0]), math.log(value[1]))))
+    return f.number(key, default, positive=True)
+
+
+def _device(f: Fields, name: str, edges: list[EdgeSpec], rng: np.random.Generator) -> DeviceSpec:
+    edge_name = f.get("edge", None)
+    if edge_name is not None and edge_name not in {e.name for e in edges}:
+        f.fail("edge", "the name of an edge server (" + ", ".join(e.name for e in edges) + ")", edge_name)
+    position = f.point("position", None) if f.get("position", None) is not None else None
+    if position is None and edge_name is None:
+        f.fail("position", "a position [x, y] or an edge name", None)
+    if edge_name is None:
+        covering = [e for e in edges if math.dist(e.position, position) <= e.radius_m]
+        if not covering:
+            f.fail("position", "a position inside some edge server's coverage (or an explicit edge)", position)
+        edge_name = min(covering, key=lambda e: math.dist(e.position, position)).name
+    edge = next(e for e in edges if e.name == edge_name)
+    if position is None:
+        position = edge.position
+    spread = f.number("spread_m", 0.0, minimum=0.0)
+    if spread:
+        angle, radius = rng.uniform(0, 2 * math.pi), spread * math.sqrt(rng.uniform())
+        position = (position[0] + radius * math.cos(angle), position[1] + radius * math.sin(angle))
+    return DeviceSpec(
+        name=name,
+        flops_per_s=_ranged(f, "flops_per_s", None, rng),
+        memory_mb=_ranged(f, "memory_mb", 1024.0, rng),
+        bandwidth_mbps=_ranged(f, "bandwidth_mbps", None, rng),
+        data_share=f.number("data_share", 1.0, positive=True),
+        position=position,
+        edge=edge_name,
+        split=_split(f, "split", None),
+    )
+
+
+def _mobility(f: Fields, base_dir: Path) -> MobilitySpec:
+    model = f.string("model", "static", choices=("static", "random_waypoint", "trace"))
+    speed = f.get("speed_mps", [1.0, 10.0])
+    if (not isinstance(speed, list) or len(speed) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in speed)
+            or speed[0] > speed[1]):
+        f.fail("speed_mps", "a range [low, high] of positive speeds", speed)
+    area = f.point("area_m", None) if f.get("area_m", None) is not None else None
+    trace = f.get("trace", None)
+    if model == "trace":
+        trace = f.string("trace")
+        trace = str(base_dir / trace) if not Path(trace).is_absolute() else trace
+    spec = MobilitySpec(
+        model=model,
+        speed_mps=(float(speed[0]), float(speed[1])),
+        pause_s=f.number("pause_s", 0.0, minimum=0.0),
+        area_m=area,
+        trace=trace,
+        hysteresis_m=f.number("hysteresis_m", 10.0, minimum=0.0),
+        round_duration_s=f.number("round_duration_s", None, positive=True)
+        if f.get("round_duration_s", None) is not None else None,
+    )
+    f.reject_unknown()
+    return spec

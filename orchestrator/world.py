@@ -1,0 +1,57 @@
+"""Everything a run needs that does not involve Ray: data shards, the initial model, each device's split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from orchestrator.data import Dataset, load_cifar10, load_digits, load_user_dataset, partition_dirichlet, partition_iid
+from orchestrator.scenario import Scenario
+from tiers.models import build_model
+from tiers.session import SplitKey
+from tiers.split import assignment_from_cuts, trace
+
+
+def load_dataset(scenario: Scenario) -> Dataset:
+    spec = scenario.dataset
+    if spec.name == "digits":
+        return load_digits(spec.test_fraction, scenario.training.seed)
+    if spec.name == "cifar10":
+        return load_cifar10(spec.path)
+    return load_user_dataset(spec.name)
+
+
+def shard_indices(scenario: Scenario, dataset: Dataset) -> list[np.ndarray]:
+    seed = scenario.training.seed
+    if scenario.dataset.partition == "dirichlet":
+        return partition_dirichlet(dataset.y_train, len(scenario.devices), scenario.dataset.alpha, seed)
+    return partition_iid(len(dataset.y_train), [d.data_share for d in scenario.devices], seed)
+
+
+def model_state(model) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class World:
+    scenario: Scenario
+    dataset: Dataset
+    shards: list[np.ndarray]
+    initial_state: dict[str, np.ndarray]
+    splits: dict[str, SplitKey]
+
+
+def fixed_splits(scenario: Scenario, gm) -> dict[str, SplitKey]:
+    out = {}
+    for d in scenario.devices:
+        cuts = scenario.device_split(d)
+        out[d.name] = SplitKey.of(assignment_from_cuts(gm, cuts), len(cuts) + 1)
+    return out
+
+
+def build_world(scenario: Scenario) -> World:
+    dataset = load_dataset(scenario)
+    model = build_model(scenario.model.name, dataset.shape, seed=scenario.training.seed)
+    gm = trace(model)
+    return World(scenario, dataset, shard_indices(scenario, dataset), model_state(model), fixed_splits(scenario, gm))

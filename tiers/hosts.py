@@ -1,0 +1,279 @@
+"""What the tier actors do, as plain classes: Ray wraps them in tiers/actors.py.
+
+Keeping the logic free of Ray lets the oracle tests drive exactly this code in one process,
+and keeps the actors to one job: execute; the orchestrator decides.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tiers.aggregate import WeightedSum
+from tiers.models import InputShape
+from tiers.optim import OptimizerSpec
+from tiers.session import Session, SplitKey, StageFactory, load_partition, partition_state
+from tiers.step import wire_bytes
+
+
+def call(target, method: str, *args):
+    """Call ``target.method(*args)`` whether target is a Ray actor handle or a plain object."""
+    bound = getattr(target, method)
+    if hasattr(bound, "remote"):
+        import ray
+
+        return ray.get(bound.remote(*args))
+    return bound(*args)
+
+
+@dataclass(frozen=True)
+class UpperReply:
+    """What the tier above answers to one step: input gradients and what the step cost up there."""
+
+    grads: list[np.ndarray]
+    loss: float
+    correct: int
+    compute_s: tuple[float, ...]  # per tier above the caller
+    bytes_up: tuple[int, ...]  # per link above the caller
+    bytes_down: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """One device's local training since the last report: the clock and the metrics read it."""
+
+    device_id: str
+    edge: str | None
+    steps: int
+    samples: int
+    loss_sum: float
+    correct: int
+    compute_s: tuple[float, float, float]  # device, edge, cloud
+    bytes_up: tuple[int, int]  # device-edge, edge-cloud
+    bytes_down: tuple[int, int]
+    n_tiers: int
+    finite: bool = True
+
+
+@dataclass(frozen=True)
+class DeviceSetup:
+    device_id: str
+    x: np.ndarray
+    y: np.ndarray
+    batch_size: int
+    seed: int
+
+
+class BatchSampler:
+    """Shuffles the shard each epoch from the device's own RNG: the same batches wherever it trains."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, min(batch_size, n)
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(n)
+        self.pos = 0
+
+    def next_indices(self) -> np.ndarray:
+        if self.pos + self.batch_size > self.n:
+            self.order, self.pos = self.rng.permutation(self.n), 0
+        idx = self.order[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return np.sort(idx)
+
+
+@dataclass
+class LogicalDevice:
+    setup: DeviceSetup
+    sampler: BatchSampler
+    session: Session | None = None  # the device-side stage, as a session of tier 0
+    stats: dict = field(default_factory=dict)
+
+
+class DeviceHost:
+    """Hosts many logical devices in one process; trains each against its edge server."""
+
+    def __init__(self, host_id: str, model_name: str, shape: InputShape, optimizer: OptimizerSpec,
+                 threads: int = 1):
+        torch.set_num_threads(threads)
+        self.host_id = host_id
+        self.factory = StageFactory(model_name, shape)
+        self.optimizer = optimizer
+        self.devices: dict[str, LogicalDevice] = {}
+
+    def ping(self) -> str:
+        return self.host_id
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def add_devices(self, setups: Sequence[DeviceSetup]) -> int:
+        for s in setups:
+            self.devices[s.device_id] = LogicalDevice(s, BatchSampler(len(s.y), s.batch_size, s.seed))
+        return len(self.devices)
+
+    def configure(self, device_id: str, key: SplitKey, state: Mapping[str, np.ndarray]) -> None:
+        """(Re)build a device's stage for a split, loading its part of the model from ``state``."""
+        device = self.devices[device_id]
+        old = device.session
+        if old is None or old.key != key:
+            runner = self.factory.runner(key, 0, self.optimizer)
+            device.session = Session(device_id, 0, key, runner, float(len(device.setup.y)))
+        load_partition(device.session.runner, state)
+
+    def load_weights(self, device_ids: Sequence[str], state: Mapping[str, np.ndarray]) -> None:
+        for d in device_ids:
+            load_partition(self.devices[d].session.runner, state)
+
+    def train(self, device_id: str, steps: int, edge, edge_name: str | None) -> TrainReport:
+        """Run ``steps`` split-training steps; ``edge`` is the edge actor (None: device-only)."""
+        device = self.devices[device_id]
+        session = device.session
+        runner = session.runner
+        n_tiers = session.key.n_tiers
+        compute = [0.0, 0.0, 0.0]
+        up, down = [0, 0], [0, 0]
+        loss_sum, correct, samples = 0.0, 0, 0
+        for _ in range(steps):
+            idx = device.sampler.next_indices()
+            x, y = device.setup.x[idx], device.setup.y[idx]
+            if n_tiers == 1:
+                t0 = time.perf_counter()
+                _, loss, ok = runner.forward_loss_backward([x], y, track_input_grad=False)
+                compute[0] += time.perf_counter() - t0
+            else:
+                t0 = time.perf_counter()
+                acts = runner.forward([x], track_input_grad=False)
+                compute[0] += time.perf_counter() - t0
+                up[0] += wire_bytes(acts) + y.nbytes
+                reply: UpperReply = call(edge, "step", device_id, acts, y)
+                down[0] += wire_bytes(reply.grads)
+                t0 = time.perf_counter()
+                runner.backward(reply.grads)
+                compute[0] += time.perf_counter() - t0
+                loss, ok = reply.loss, reply.correct
+                for k, c in enumerate(reply.compute_s):
+                    compute[1 + k] += c
+                for k, b in enumerate(reply.bytes_up):
+                    up[1 + k] += b
+                for k, b in enumerate(reply.bytes_down):
+                    down[1 + k] += b
+            loss_sum += loss * len(y)
+            correct += ok
+            samples += len(y)
+            session.steps_done += 1
+        finite = bool(np.isfinite(loss_sum)) and all(
+            bool(torch.isfinite(p).all()) for p in runner.module.parameters())
+        return TrainReport(device_id, edge_name, steps, samples, loss_sum, correct, tuple(compute), tuple(up),
+                           tuple(down), n_tiers, finite)
+
+    def train_many(self, jobs: Sequence[tuple[str, int, object, str | None]]) -> list[TrainReport]:
+        return [self.train(*job) for job in jobs]
+
+    def weighted_sums(self, groups: Mapping[str, Sequence[str]]) -> dict[str, WeightedSum]:
+        """Per group (an edge, or 'all'), the FedAvg partial sum of the device-side parts."""
+        out = {}
+        for group, device_ids in groups.items():
+            acc = WeightedSum()
+            for d in device_ids:
+                session = self.devices[d].session
+                acc.add(partition_state(session.runner), session.weight)
+            out[group] = acc
+        return out
+
+
+class SessionHost:
+    """Common to edge and cloud: sessions keyed by device, loading weights, partial sums."""
+
+    tier: int = 1
+
+    def __init__(self, name: str, model_name: str, shape: InputShape, optimizer: OptimizerSpec, threads: int = 1):
+        torch.set_num_threads(threads)
+        self.name = name
+        self.factory = StageFactory(model_name, shape)
+        self.optimizer = optimizer
+        self.sessions: dict[str, Session] = {}
+
+    def ping(self) -> str:
+        return self.name
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def open_session(self, device_id: str, key: SplitKey, state: Mapping[str, np.ndarray], weight: float) -> None:
+        runner = self.factory.runner(key, self.tier, self.optimizer)
+        load_partition(runner, state)
+        self.sessions[device_id] = Session(device_id, self.tier, key, runner, weight)
+
+    def close_session(self, device_id: str) -> bool:
+        return self.sessions.pop(device_id, None) is not None
+
+    def has_session(self, device_id: str) -> bool:
+        return device_id in self.sessions
+
+    def load_weights(self, device_ids: Sequence[str], state: Mapping[str, np.ndarray]) -> None:
+        for d in device_ids:
+            load_partition(self.sessions[d].runner, state)
+
+    def weighted_sums(self, groups: Mapping[str, Sequence[str]]) -> dict[str, WeightedSum]:
+        out = {}
+        for group, device_ids in groups.items():
+            acc = WeightedSum()
+            for d in device_ids:
+                if d in self.sessions:
+                    s = self.sessions[d]
+                    acc.add(partition_state(s.runner), s.weight)
+            out[group] = acc
+        return out
+
+    def session_ids(self) -> list[str]:
+        return sorted(self.sessions)
+
+
+class EdgeServer(SessionHost):
+    """Trains the edge-side layers of each device it serves; forwards to the cloud for 3-tier splits."""
+
+    tier = 1
+
+    def __init__(self, name: str, model_name: str, shape: InputShape, optimizer: OptimizerSpec, cloud=None,
+                 threads: int = 1):
+        super().__init__(name, model_name, shape, optimizer, threads)
+        self.cloud = cloud
+
+    def step(self, device_id: str, arrays: list[np.ndarray], labels: np.ndarray) -> UpperReply:
+        session = self.sessions[device_id]
+        runner = session.runner
+        session.steps_done += 1
+        if session.key.n_tiers == 2:
+            t0 = time.perf_counter()
+            grads, loss, correct = runner.forward_loss_backward(arrays, labels, track_input_grad=True)
+            return UpperReply(grads, loss, correct, (time.perf_counter() - t0, 0.0), (0,), (0,))
+        t0 = time.perf_counter()
+        outs = runner.forward(arrays, track_input_grad=True)
+        edge_s = time.perf_counter() - t0
+        reply: UpperReply = call(self.cloud, "step", device_id, outs, labels)
+        t0 = time.perf_counter()
+        grads = runner.backward(reply.grads)
+        edge_s += time.perf_counter() - t0
+        return UpperReply(grads, reply.loss, reply.correct, (edge_s, reply.compute_s[0]),
+                          (wire_bytes(outs) + labels.nbytes,), (wire_bytes(reply.grads),))
+
+
+class Cloud(SessionHost):
+    """Trains the cloud-side layers of 3-tier splits; always the top stage, so it computes the loss."""
+
+    tier = 2
+
+    def step(self, device_id: str, arrays: list[np.ndarray], labels: np.ndarray) -> UpperReply:
+        session = self.sessions[device_id]
+        session.steps_done += 1
+        t0 = time.perf_counter()
+        grads, loss, correct = session.runner.forward_loss_backward(arrays, labels, track_input_grad=True)
+        return UpperReply(grads, loss, correct, (time.perf_counter() - t0,), (), ())
