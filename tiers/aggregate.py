@@ -48,7 +48,7 @@ class WeightedSum:
         for name, total in self.sums.items():
             mean = total / self.weights[name]
             dtype = np.dtype(self.dtypes[name])
-            out[name] = (np.rint(mean) if dtype.kind in "iu" else mean).astype(dtype)
+            out[name] = np.asarray(np.rint(mean) if dtype.kind in "iu" else mean).astype(dtype)
         return out
 
     @property

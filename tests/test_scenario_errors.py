@@ -1,0 +1,74 @@
+"""Every bad scenario file fails before Ray starts, with the file, the field and what was expected."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.scenario import load_scenario
+
+HERE = Path(__file__).parent
+BAD = HERE / "bad_scenarios"
+
+EXPECTED = {
+    "empty.yaml": "the scenario file is empty",
+    "not_yaml.yaml": "not valid YAML at line",
+    "not_mapping.yaml": "top level: expected a mapping",
+    "missing_cloud.yaml": "cloud: missing (required)",
+    "zero_edge_speed.yaml": "edges[0].flops_per_s: expected a positive number, got 0",
+    "negative_bandwidth.yaml": "devices[0].bandwidth_mbps: expected a positive number, got -5",
+    "string_speed.yaml": "devices[0].flops_per_s: expected a positive number, got 'fast'",
+    "unknown_model.yaml": "model.name: expected one of vgg5, resnet_small, mlp or 'module:callable', got 'alexnet'",
+    "unknown_split_layer.yaml": "split[0]: unknown layer 'fc9'",
+    "split_past_last_layer.yaml": "split[0]: expected a layer count between 0 and 12",
+    "split_backwards.yaml": "split[1]: cut 'conv1' comes before the previous cut 'conv3'",
+    "missing_rounds.yaml": "training.rounds: missing (required)",
+    "fractional_rounds.yaml": "training.rounds: expected an integer >= 1, got 2.5",
+    "unknown_optimizer.yaml": "training.optimizer.name: expected one of 'sgd', 'adam', got 'rmsprop'",
+    "duplicate_device.yaml": "devices[1].name: expected a unique name, got duplicate 'd0'",
+    "device_out_of_coverage.yaml": "devices[1].position: expected a position inside some edge server's coverage",
+    "unknown_edge_field.yaml": "edges[0].colour: unknown field",
+    "no_edges.yaml": "edges: expected at least one edge server",
+    "bad_policy.yaml": "policy.handover: expected one of 'migrate', 'restart', got 'teleport'",
+    "cifar_without_path.yaml": "dataset.path: expected the local directory holding CIFAR-10's python batches",
+    "bad_position.yaml": "devices[0].position: expected a pair of numbers [x, y], got [10]",
+    "trace_without_file.yaml": "mobility.trace: missing (required)",
+}
+
+
+def test_corpus_is_complete():
+    assert {p.name for p in BAD.glob("*.yaml")} == set(EXPECTED)
+    assert len(EXPECTED) >= 15
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_bad_scenario_gets_a_clear_error(name, capsys):
+    path = BAD / name
+    code = main(["run", str(path), "--out", "/nonexistent/never-created"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"tierflow: error: {path}: ")
+    assert EXPECTED[name] in err
+    assert "Traceback" not in err
+
+
+def test_missing_file_is_a_clear_error(capsys):
+    assert main(["run", str(BAD / "no-such-file.yaml")]) == 2
+    assert "cannot read the scenario file" in capsys.readouterr().err
+
+
+def test_the_good_base_loads():
+    scenario = load_scenario(HERE / "good_scenario.yaml")
+    assert [d.edge for d in scenario.devices] == ["e0", "e0"]
+
+
+def test_cli_exits_non_zero_without_traceback():
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(BAD / "negative_bandwidth.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "devices[0].bandwidth_mbps: expected a positive number, got -5" in proc.stderr
+    assert "Traceback" not in proc.stderr
