@@ -78,6 +78,8 @@ class MetricsExporter:
         self._rings: set[str] = set()
         self._split_labels: set[str] = set()
         self._device_labels: set[str] = set()
+        self._virtual_s = 0.0
+        self._wall_s = 0.0
 
         r = self.registry
         p = PREFIX
@@ -199,10 +201,14 @@ class MetricsExporter:
             log.warning("metrics: ignoring malformed %s event (%r): %s", kind, exc, event)
 
     def _times(self, e: Mapping) -> None:
+        # Events from actors may arrive a little out of order; the clocks never run backwards
+        # within a run (run_start resets them).
         if "virtual_time_s" in e:
-            self.virtual_time.set(float(e["virtual_time_s"]))
+            self._virtual_s = max(self._virtual_s, float(e["virtual_time_s"]))
+            self.virtual_time.set(self._virtual_s)
         if "wall_time_s" in e:
-            self.wall_time.set(float(e["wall_time_s"]))
+            self._wall_s = max(self._wall_s, float(e["wall_time_s"]))
+            self.wall_time.set(self._wall_s)
 
     def _run_start(self, e: Mapping) -> None:
         # Gauges describe the current run only; counters keep counting (rate() copes).
@@ -222,6 +228,7 @@ class MetricsExporter:
         self.run_devices.set(int(e["devices"]))
         self.run_running.set(1)
         self.round.set(0)
+        self._virtual_s = self._wall_s = 0.0
         self._edges = {str(x) for x in e.get("edges", ())}
         for edge in self._edges:
             self.edge_devices.labels(edge=edge).set(0)

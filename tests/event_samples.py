@@ -1,0 +1,157 @@
+"""Synthetic orchestrator events for tests: a realistic run, deterministic from a seed.
+
+The stream follows the event contract the round loop emits (see orchestrator/metrics.py): a
+run_start, one round_end per round, handovers with their migrations, failures of several kinds, a
+replan, and a run_end. Timestamps only move forward.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterable
+from pathlib import Path
+
+# A 9-node model graph; a split is (device nodes, edge nodes, cloud nodes).
+N_NODES = 9
+SPLIT_CHOICES = ((2, 7, 0), (3, 6, 0), (3, 4, 2), (5, 4, 0))
+
+
+def sample_events(
+    rounds: int = 8,
+    edges: tuple[str, ...] = ("edge-a", "edge-b", "edge-c"),
+    devices: int = 6,
+    seed: int = 0,
+    time_mode: str = "emulated",
+    migration_policy: str = "migrate",
+) -> list[dict]:
+    """A run of ``rounds`` rounds with a handover and migration every third round.
+
+    Round 3 also has a device failure, round 5 a failed migration (with its failure event) and a
+    poisoned update, round 4 a replan.
+    """
+    assert rounds >= 1 and devices >= 2 and len(edges) >= 2
+    rng = random.Random(seed)
+    device_ids = [f"dev-{i}" for i in range(devices)]
+    edge_of = {d: edges[i % len(edges)] for i, d in enumerate(device_ids)}
+    split_of = {d: list(SPLIT_CHOICES[i % 2]) for i, d in enumerate(device_ids)}
+    ring_of = {d: str(i % 2) for i, d in enumerate(device_ids)}
+
+    wall = 0.0
+    virtual = 0.0
+    events: list[dict] = [
+        {
+            "event": "run_start",
+            "wall_time_s": 0.0,
+            "virtual_time_s": 0.0,
+            "time_mode": time_mode,
+            "scenario": "sample-city",
+            "devices": devices,
+            "edges": list(edges),
+            "policy": migration_policy,
+        }
+    ]
+    for r in range(1, rounds + 1):
+        duration = 20.0 + 10.0 * rng.random()
+        wall_step = 0.5 + 0.2 * rng.random()
+        if time_mode == "real":
+            wall_step = duration
+        mid = virtual + duration / 2
+
+        if r % 3 == 0 or r == 5:
+            mover = device_ids[r % devices]
+            src = edge_of[mover]
+            dst = edges[(edges.index(src) + 1) % len(edges)]
+            events.append(
+                {"event": "handover", "round": r, "virtual_time_s": mid, "device": mover,
+                 "from_edge": src, "to_edge": dst}
+            )
+            ok = r != 5
+            events.append(
+                {"event": "migration", "round": r, "virtual_time_s": mid + 0.4, "device": mover,
+                 "from_edge": src, "to_edge": dst, "policy": migration_policy,
+                 "bytes": 4_000_000 + 100_000 * r, "duration_s": 0.05 + 0.01 * r, "ok": ok}
+            )
+            if not ok:
+                events.append(
+                    {"event": "failure", "round": r, "virtual_time_s": mid + 0.5, "kind": "migration",
+                     "entity": mover, "detail": f"{dst} did not acknowledge the session"}
+                )
+            edge_of[mover] = dst
+        if r == 3:
+            events.append(
+                {"event": "failure", "round": r, "virtual_time_s": mid + 1.0, "kind": "device",
+                 "entity": device_ids[1], "detail": "actor died"}
+            )
+        if r == 5:
+            events.append(
+                {"event": "failure", "round": r, "virtual_time_s": mid + 1.5, "kind": "poisoned_update",
+                 "entity": device_ids[2], "detail": "non-finite weights"}
+            )
+        if r == 4:
+            changed = device_ids[:2]
+            for d in changed:
+                split_of[d] = list(SPLIT_CHOICES[2 + device_ids.index(d) % 2])
+            events.append({"event": "replan", "round": r, "virtual_time_s": mid, "changed": len(changed)})
+
+        virtual += duration
+        wall += wall_step
+        if time_mode == "real":
+            virtual = wall
+        failures = sum(1 for e in events if e["event"] == "failure" and e.get("round") == r)
+        n_dev = {e: 0 for e in edges}
+        for d in device_ids:
+            n_dev[edge_of[d]] += 1
+        n_ring: dict[str, int] = {}
+        for d in device_ids:
+            n_ring[ring_of[d]] = n_ring.get(ring_of[d], 0) + 1
+        samples = 100 * (devices - (1 if r == 3 else 0))
+        act_up = sum(10_000 * s[0] for s in split_of.values()) * 10
+        cloud_up = sum(8_000 * (s[2] > 0) for s in split_of.values()) * 10
+        events.append(
+            {
+                "event": "round_end",
+                "round": r,
+                "wall_time_s": round(wall, 6),
+                "virtual_time_s": round(virtual, 6),
+                "duration_s": round(duration if time_mode == "emulated" else wall_step, 6),
+                "accuracy": round(0.95 - 0.85 * math.exp(-r / 3.0), 6),
+                "loss": round(2.3 * math.exp(-r / 4.0) + 0.1, 6),
+                "train_loss": round(2.2 * math.exp(-r / 4.0) + 0.08, 6),
+                "bytes": {
+                    "device-edge": {"up": act_up, "down": act_up},
+                    "edge-cloud": {"up": cloud_up + 50_000, "down": cloud_up + 50_000},
+                },
+                "compute_s": {
+                    "device": round(sum(1.5 * s[0] for s in split_of.values()), 6),
+                    "edge": round(sum(0.2 * s[1] for s in split_of.values()), 6),
+                    "cloud": round(sum(0.05 * s[2] for s in split_of.values()) + 0.01, 6),
+                },
+                "devices_per_edge": n_dev,
+                "devices_per_ring": n_ring,
+                "splits": {d: list(s) for d, s in split_of.items()},
+                "samples": samples,
+                "failures": failures,
+            }
+        )
+    events.append(
+        {
+            "event": "run_end",
+            "wall_time_s": round(wall + 0.1, 6),
+            "virtual_time_s": round(virtual, 6),
+            "final_accuracy": events[-1]["accuracy"],
+            "rounds": rounds,
+        }
+    )
+    return events
+
+
+def write_event_log(path: Path, events: Iterable[dict]) -> Path:
+    """Write events as JSON lines, the way the orchestrator does."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for e in events:
+            f.write(json.dumps(e) + "\n")
+    return path
