@@ -26,7 +26,10 @@ class ReportError(TierflowError, ValueError):
 
 
 def load_events(path: Path) -> list[dict]:
-    """Events from a JSON-lines log; blank lines are skipped, anything else unreadable raises."""
+    """Events from a JSON-lines log, each with ``_line`` (its line number) added for error messages.
+
+    Blank lines are skipped; anything else unreadable raises :class:`ReportError`.
+    """
     path = Path(path)
     try:
         text = path.read_text()
