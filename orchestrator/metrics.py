@@ -25,6 +25,8 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
+from orchestrator.errors import TierflowError
+
 log = logging.getLogger(__name__)
 
 PREFIX = "tierflow_"
@@ -51,7 +53,7 @@ def split_label(split) -> str:
 def _parse_addr(addr: str) -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(f"metrics address {addr!r}: expected 'host:port', e.g. '127.0.0.1:9464'")
+        raise TierflowError(f"metrics address {addr!r}: expected 'host:port', e.g. '127.0.0.1:9464'")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -158,7 +160,10 @@ class MetricsExporter:
         """Serve ``/metrics`` on ``addr``; with port 0 the chosen port is in ``.port``."""
         if self._server is not None:
             return self
-        self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self.registry)
+        try:
+            self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self.registry)
+        except OSError as exc:
+            raise TierflowError(f"metrics address {self.host}:{self.port}: cannot listen ({exc})") from exc
         self.port = self._server.server_port
         log.info("metrics exporter serving on http://%s:%d/metrics", self.host, self.port)
         return self

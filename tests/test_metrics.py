@@ -10,6 +10,7 @@ import pytest
 from event_samples import sample_events
 from prometheus_client.parser import text_string_to_metric_families
 
+from orchestrator.errors import TierflowError
 from orchestrator.metrics import MAX_SPLIT_SERIES, MetricsExporter, split_label
 
 
@@ -238,5 +239,10 @@ def test_out_of_order_events_do_not_move_clocks_backwards(exporter):
 
 
 def test_bad_address():
-    with pytest.raises(ValueError, match="host:port"):
+    with pytest.raises(TierflowError, match="host:port"):
         MetricsExporter("localhost")
+
+
+def test_busy_port_is_a_clear_error(exporter):
+    with pytest.raises(TierflowError, match=f"127.0.0.1:{exporter.port}: cannot listen"):
+        MetricsExporter(f"127.0.0.1:{exporter.port}").start()
