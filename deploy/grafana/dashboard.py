@@ -208,7 +208,7 @@ def _panel_json(p: Panel, pid: int, x: int, y: int) -> dict:
                                   {"id": "organize", "options": {"excludeByName": {"Time": True}}}]
         out["options"] = {"seriesMapping": "auto", "dims": {"frame": 0},
                           "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}
-        defaults["custom"] = {"show": "lines+points", "pointSize": {"fixed": 4}}
+        defaults["custom"] = {"show": "points+lines", "pointSize": {"fixed": 4}}
     else:
         raise ValueError(f"panel {p.title!r}: unknown kind {p.kind!r}")
     out["fieldConfig"] = {"defaults": defaults, "overrides": []}
