@@ -52,6 +52,12 @@ def load_events(path: Path) -> list[dict]:
     return events
 
 
+def last_run(events: Sequence[dict]) -> list[dict]:
+    """The events of the last run in a log (the event log is appended to when a run dir is reused)."""
+    starts = [i for i, e in enumerate(events) if e["event"] == "run_start"]
+    return list(events[starts[-1]:] if starts else events)
+
+
 def _rounds(events: Sequence[dict], path: Path) -> list[dict]:
     rounds = [e for e in events if e["event"] == "round_end"]
     if not rounds:
@@ -196,10 +202,13 @@ def _placement(rounds: Sequence[dict], title: str, out: Path) -> Path:
 
 
 def render_report(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
-    """Write the run's plots as PNGs (into ``run_dir/report`` unless ``out_dir``); return their paths."""
+    """Write the run's plots as PNGs (into ``run_dir/report`` unless ``out_dir``); return their paths.
+
+    A log holding several runs (a reused run dir) is reported for its last run.
+    """
     run_dir = Path(run_dir)
     log = run_dir / EVENT_LOG
-    events = load_events(log)
+    events = last_run(load_events(log))
     rounds = _rounds(events, log)
     start = next((e for e in events if e["event"] == "run_start"), {})
     title = str(start.get("scenario") or run_dir.name)

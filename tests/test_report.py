@@ -10,7 +10,7 @@ import pytest
 from event_samples import sample_events, write_event_log
 
 from orchestrator.errors import TierflowError
-from orchestrator.report import ReportError, load_events, render_report
+from orchestrator.report import ReportError, last_run, load_events, render_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -103,3 +103,12 @@ def test_load_events_skips_blank_lines(tmp_path):
     log.write_text("\n".join(json.dumps(e) for e in events) + "\n\n")
     got = load_events(log)
     assert [e["event"] for e in got] == [e["event"] for e in events]
+
+
+def test_a_reused_run_dir_reports_the_last_run(tmp_path):
+    first, second = sample_events(rounds=5, seed=1), sample_events(rounds=3, seed=2)
+    log = write_event_log(tmp_path / "events.jsonl", first + second)
+    events = last_run(load_events(log))
+    assert [e["round"] for e in events if e["event"] == "round_end"] == [1, 2, 3]
+    assert events[0]["_line"] == len(first) + 1
+    assert len(render_report(tmp_path)) == 4
