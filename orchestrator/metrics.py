@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
@@ -48,6 +49,23 @@ def split_label(split) -> str:
     """``[3, 5, 0]`` → ``"d3_e5_c0"``."""
     d, e, c = (int(x) for x in split)
     return f"d{d}_e{e}_c{c}"
+
+
+class _ScrapeClock:
+    """A collector that yields nothing and notes when a scrape happened."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.cond = threading.Condition()
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> list:
+        with self.cond:
+            self.last = time.monotonic()
+            self.cond.notify_all()
+        return []
 
 
 def _parse_addr(addr: str) -> tuple[str, int]:
@@ -82,6 +100,9 @@ class MetricsExporter:
         self._device_labels: set[str] = set()
         self._virtual_s = 0.0
         self._wall_s = 0.0
+        self._last_event = 0.0
+        self._scrapes = _ScrapeClock()
+        self.registry.register(self._scrapes)
 
         r = self.registry
         p = PREFIX
@@ -168,9 +189,17 @@ class MetricsExporter:
         log.info("metrics exporter serving on http://%s:%d/metrics", self.host, self.port)
         return self
 
-    def stop(self) -> None:
+    def stop(self, wait_for_scrape_s: float = 0.0) -> None:
+        """Stop serving. With ``wait_for_scrape_s``, first wait (at most that long) until a scraper
+        has seen the last event, so a run's final values reach Prometheus; this only waits if
+        something has scraped this exporter before."""
         if self._server is None:
             return
+        if wait_for_scrape_s > 0:
+            deadline = time.monotonic() + wait_for_scrape_s
+            with self._scrapes.cond:
+                while 0 < self._scrapes.last <= self._last_event and time.monotonic() < deadline:
+                    self._scrapes.cond.wait(timeout=max(0.0, deadline - time.monotonic()))
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
@@ -196,6 +225,7 @@ class MetricsExporter:
         handler = self._handlers.get(kind)
         if handler is None:
             return
+        self._last_event = time.monotonic()
         try:
             with self._lock:
                 handler(event)

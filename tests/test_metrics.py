@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -246,3 +248,35 @@ def test_bad_address():
 def test_busy_port_is_a_clear_error(exporter):
     with pytest.raises(TierflowError, match=f"127.0.0.1:{exporter.port}: cannot listen"):
         MetricsExporter(f"127.0.0.1:{exporter.port}").start()
+
+
+def test_stop_waits_for_a_scrape_of_the_final_values():
+    m = MetricsExporter("127.0.0.1:0", strict=True).start()
+    events = sample_events(rounds=2)
+    for e in events[:-1]:
+        m.observe(e)
+    scrape(m)  # a scraper is watching
+    m.observe(events[-1])  # run_end, not yet scraped
+    seen = {}
+
+    def late_scrape():
+        time.sleep(0.5)
+        seen.update(scrape(m))
+
+    t = threading.Thread(target=late_scrape)
+    t.start()
+    t0 = time.monotonic()
+    m.stop(wait_for_scrape_s=10)
+    waited = time.monotonic() - t0
+    t.join()
+    assert 0.4 < waited < 5
+    assert value(seen, "tierflow_run_running") == 0
+
+
+def test_stop_does_not_wait_when_nobody_scrapes():
+    m = MetricsExporter("127.0.0.1:0", strict=True).start()
+    for e in sample_events(rounds=1):
+        m.observe(e)
+    t0 = time.monotonic()
+    m.stop(wait_for_scrape_s=10)
+    assert time.monotonic() - t0 < 2
