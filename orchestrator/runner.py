@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,12 @@ def init_ray(address: str | None) -> None:
                  configure_logging=True)
 
 
+def dataplane_host() -> str | None:
+    """Loopback when every Ray node is this machine; otherwise each actor binds its node's address."""
+    addresses = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+    return "127.0.0.1" if addresses <= {ray.util.get_node_ip_address()} else None
+
+
 class Orchestrator:
     def __init__(self, scenario: Scenario, options: RunOptions):
         self.scenario = scenario
@@ -74,16 +81,24 @@ class Orchestrator:
         sc = self.scenario
         opt = sc.training.optimizer
         model = sc.model.name
-        self.cloud = CloudActor.options(**actor_options("cloud")).remote("cloud", model, self.shape, opt)
+        token = secrets.token_hex(16)  # per run: data-plane messages without it are refused
+        self.cloud = CloudActor.options(**actor_options("cloud")).remote("cloud", model, self.shape, opt, 1, token)
         self.edges = {
-            e.name: EdgeActor.options(**actor_options("edge")).remote(e.name, model, self.shape, opt, self.cloud)
+            e.name: EdgeActor.options(**actor_options("edge")).remote(e.name, model, self.shape, opt, self.cloud, 1,
+                                                                      token)
             for e in sc.edges
         }
         n_hosts = min(sc.execution.device_hosts, len(sc.devices))
         self.hosts = [
-            DeviceHostActor.options(**actor_options("device")).remote(f"host{i}", model, self.shape, opt)
+            DeviceHostActor.options(**actor_options("device")).remote(f"host{i}", model, self.shape, opt, 1, token)
             for i in range(n_hosts)
         ]
+        bind = dataplane_host()
+        cloud_endpoint = ray.get(self.cloud.start_dataplane.remote(bind))
+        names = list(self.edges)
+        endpoints = ray.get([self.edges[n].start_dataplane.remote(bind) for n in names])
+        self.endpoints = dict(zip(names, endpoints, strict=True))
+        ray.get([edge.set_cloud_endpoint.remote(cloud_endpoint) for edge in self.edges.values()])
         self.host_of = {d.name: i % n_hosts for i, d in enumerate(sc.devices)}
         ds = self.world.dataset
         calls = []
@@ -117,7 +132,7 @@ class Orchestrator:
         for device_id, edge in sorted(self.edge_of.items()):
             if edge is None:
                 continue
-            jobs[self.host_of[device_id]].append((device_id, steps, self.edges[edge], edge))
+            jobs[self.host_of[device_id]].append((device_id, steps, self.endpoints[edge], edge))
         results = ray.get([h.train_many.remote(j) for h, j in zip(self.hosts, jobs, strict=True) if j])
         return [r for batch in results for r in batch]
 
@@ -203,6 +218,7 @@ class Orchestrator:
                   "policy": self.policy_name()})
         time_to_target: dict[str, float] | None = None
         accuracy, loss = self.evaluate()
+        t_loop = time.perf_counter()
         bar = tqdm(total=sc.training.rounds, desc=sc.name, unit="round", disable=not self.options.progress)
         wall_prev = time.perf_counter()
         for rnd in range(1, sc.training.rounds + 1):
@@ -234,6 +250,7 @@ class Orchestrator:
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}", train_loss=f"{event['train_loss']:.3f}")
             bar.update(1)
         bar.close()
+        loop_s = time.perf_counter() - t_loop
         wall = time.perf_counter() - t_start
         summary = {
             "scenario": sc.name,
@@ -241,6 +258,7 @@ class Orchestrator:
             "final_loss": loss,
             "rounds": sc.training.rounds,
             "wall_time_s": wall,
+            "round_loop_s": loop_s,
             "virtual_time_s": self.virtual_time_s,
             "time_mode": sc.execution.time,
             "target_accuracy": sc.training.target_accuracy,
@@ -258,7 +276,12 @@ class Orchestrator:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if exporter is not None:
             exporter.stop()
+        self.stop_actors()
         return summary
+
+    def stop_actors(self) -> None:
+        for actor in [self.cloud, *self.edges.values(), *self.hosts]:
+            ray.kill(actor)
 
     def policy_name(self) -> str:
         p = self.scenario.policy

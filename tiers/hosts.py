@@ -6,6 +6,7 @@ and keeps the actors to one job: execute; the orchestrator decides.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from tiers.aggregate import WeightedSum
+from tiers.dataplane import DataPlaneClient, DataPlaneServer
 from tiers.models import InputShape
 from tiers.optim import OptimizerSpec
 from tiers.session import Session, SplitKey, StageFactory, load_partition, partition_state
@@ -40,6 +42,29 @@ class UpperReply:
     compute_s: tuple[float, ...]  # per tier above the caller
     bytes_up: tuple[int, ...]  # per link above the caller
     bytes_down: tuple[int, ...]
+
+
+def _reply_to_wire(reply: UpperReply) -> tuple[dict, dict[str, np.ndarray]]:
+    meta = {"loss": reply.loss, "correct": reply.correct, "compute_s": list(reply.compute_s),
+            "bytes_up": list(reply.bytes_up), "bytes_down": list(reply.bytes_down), "n": len(reply.grads)}
+    return meta, {f"g{i}": g for i, g in enumerate(reply.grads)}
+
+
+def _reply_from_wire(meta: dict, arrays: dict[str, np.ndarray]) -> UpperReply:
+    grads = [arrays[f"g{i}"] for i in range(int(meta["n"]))]
+    return UpperReply(grads, float(meta["loss"]), int(meta["correct"]), tuple(meta["compute_s"]),
+                      tuple(meta["bytes_up"]), tuple(meta["bytes_down"]))
+
+
+def step_upper(link, client: DataPlaneClient | None, device_id: str, arrays: list[np.ndarray],
+               labels: np.ndarray) -> UpperReply:
+    """One step on the tier above: over the pyzmq data plane when ``link`` is an endpoint."""
+    if isinstance(link, str):
+        payload = {f"a{i}": a for i, a in enumerate(arrays)}
+        payload["labels"] = labels
+        meta, out = client.request(link, {"op": "step", "device": device_id, "n": len(arrays)}, payload)
+        return _reply_from_wire(meta, out)
+    return call(link, "step", device_id, arrays, labels)
 
 
 @dataclass(frozen=True)
@@ -97,9 +122,10 @@ class DeviceHost:
     """Hosts many logical devices in one process; trains each against its edge server."""
 
     def __init__(self, host_id: str, model_name: str, shape: InputShape, optimizer: OptimizerSpec,
-                 threads: int = 1):
+                 threads: int = 1, token: str = ""):
         torch.set_num_threads(threads)
         self.host_id = host_id
+        self.client = DataPlaneClient(token)
         self.factory = StageFactory(model_name, shape)
         self.optimizer = optimizer
         self.devices: dict[str, LogicalDevice] = {}
@@ -151,7 +177,7 @@ class DeviceHost:
                 acts = runner.forward([x], track_input_grad=False)
                 compute[0] += time.perf_counter() - t0
                 up[0] += wire_bytes(acts) + y.nbytes
-                reply: UpperReply = call(edge, "step", device_id, acts, y)
+                reply = step_upper(edge, self.client, device_id, acts, y)
                 down[0] += wire_bytes(reply.grads)
                 t0 = time.perf_counter()
                 runner.backward(reply.grads)
@@ -192,15 +218,38 @@ class SessionHost:
 
     tier: int = 1
 
-    def __init__(self, name: str, model_name: str, shape: InputShape, optimizer: OptimizerSpec, threads: int = 1):
+    def __init__(self, name: str, model_name: str, shape: InputShape, optimizer: OptimizerSpec, threads: int = 1,
+                 token: str = ""):
         torch.set_num_threads(threads)
         self.name = name
         self.factory = StageFactory(model_name, shape)
         self.optimizer = optimizer
         self.sessions: dict[str, Session] = {}
+        self.token = token
+        self.client = DataPlaneClient(token)
+        self.server: DataPlaneServer | None = None
+        # Steps arrive on the data-plane thread; control calls on Ray's. Sessions are shared.
+        self.lock = threading.RLock()
 
     def ping(self) -> str:
         return self.name
+
+    def start_dataplane(self, host: str | None = "127.0.0.1") -> str:
+        """Serve steps over pyzmq; ``host=None`` binds this node's address (multi-node clusters)."""
+        if host is None:
+            import ray
+
+            host = ray.util.get_node_ip_address()
+        if self.server is None:
+            self.server = DataPlaneServer(self._on_message, self.token, host)
+        return self.server.endpoint
+
+    def _on_message(self, meta: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
+        if meta.get("op") != "step":
+            raise ValueError(f"unknown op {meta.get('op')!r}")
+        n = int(meta["n"])
+        reply = self.step(str(meta["device"]), [arrays[f"a{i}"] for i in range(n)], arrays["labels"])
+        return _reply_to_wire(reply)
 
     def node_id(self) -> str:
         import ray
@@ -210,31 +259,40 @@ class SessionHost:
     def open_session(self, device_id: str, key: SplitKey, state: Mapping[str, np.ndarray], weight: float) -> None:
         runner = self.factory.runner(key, self.tier, self.optimizer)
         load_partition(runner, state)
-        self.sessions[device_id] = Session(device_id, self.tier, key, runner, weight)
+        with self.lock:
+            self.sessions[device_id] = Session(device_id, self.tier, key, runner, weight)
 
     def close_session(self, device_id: str) -> bool:
-        return self.sessions.pop(device_id, None) is not None
+        with self.lock:
+            return self.sessions.pop(device_id, None) is not None
 
     def has_session(self, device_id: str) -> bool:
         return device_id in self.sessions
 
     def load_weights(self, device_ids: Sequence[str], state: Mapping[str, np.ndarray]) -> None:
-        for d in device_ids:
-            load_partition(self.sessions[d].runner, state)
+        with self.lock:
+            for d in device_ids:
+                load_partition(self.sessions[d].runner, state)
 
     def weighted_sums(self, groups: Mapping[str, Sequence[str]]) -> dict[str, WeightedSum]:
         out = {}
-        for group, device_ids in groups.items():
-            acc = WeightedSum()
-            for d in device_ids:
-                if d in self.sessions:
-                    s = self.sessions[d]
-                    acc.add(partition_state(s.runner), s.weight)
-            out[group] = acc
+        with self.lock:
+            for group, device_ids in groups.items():
+                acc = WeightedSum()
+                for d in device_ids:
+                    if d in self.sessions:
+                        s = self.sessions[d]
+                        acc.add(partition_state(s.runner), s.weight)
+                out[group] = acc
         return out
 
     def session_ids(self) -> list[str]:
         return sorted(self.sessions)
+
+    def shutdown(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        self.client.close()
 
 
 class EdgeServer(SessionHost):
@@ -243,11 +301,18 @@ class EdgeServer(SessionHost):
     tier = 1
 
     def __init__(self, name: str, model_name: str, shape: InputShape, optimizer: OptimizerSpec, cloud=None,
-                 threads: int = 1):
-        super().__init__(name, model_name, shape, optimizer, threads)
-        self.cloud = cloud
+                 threads: int = 1, token: str = ""):
+        super().__init__(name, model_name, shape, optimizer, threads, token)
+        self.cloud = cloud  # a Ray handle, or the cloud's data-plane endpoint once set
+
+    def set_cloud_endpoint(self, endpoint: str) -> None:
+        self.cloud = endpoint
 
     def step(self, device_id: str, arrays: list[np.ndarray], labels: np.ndarray) -> UpperReply:
+        with self.lock:
+            return self._step(device_id, arrays, labels)
+
+    def _step(self, device_id: str, arrays: list[np.ndarray], labels: np.ndarray) -> UpperReply:
         session = self.sessions[device_id]
         runner = session.runner
         session.steps_done += 1
@@ -258,7 +323,7 @@ class EdgeServer(SessionHost):
         t0 = time.perf_counter()
         outs = runner.forward(arrays, track_input_grad=True)
         edge_s = time.perf_counter() - t0
-        reply: UpperReply = call(self.cloud, "step", device_id, outs, labels)
+        reply = step_upper(self.cloud, self.client, device_id, outs, labels)
         t0 = time.perf_counter()
         grads = runner.backward(reply.grads)
         edge_s += time.perf_counter() - t0
@@ -272,8 +337,9 @@ class Cloud(SessionHost):
     tier = 2
 
     def step(self, device_id: str, arrays: list[np.ndarray], labels: np.ndarray) -> UpperReply:
-        session = self.sessions[device_id]
-        session.steps_done += 1
-        t0 = time.perf_counter()
-        grads, loss, correct = session.runner.forward_loss_backward(arrays, labels, track_input_grad=True)
-        return UpperReply(grads, loss, correct, (time.perf_counter() - t0,), (), ())
+        with self.lock:
+            session = self.sessions[device_id]
+            session.steps_done += 1
+            t0 = time.perf_counter()
+            grads, loss, correct = session.runner.forward_loss_backward(arrays, labels, track_input_grad=True)
+            return UpperReply(grads, loss, correct, (time.perf_counter() - t0,), (), ())

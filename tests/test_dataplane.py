@@ -1,0 +1,62 @@
+"""The per-step data plane: exact round trips, and a message without the run's token touches nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zmq
+
+from tiers.dataplane import DataPlaneClient, DataPlaneError, DataPlaneServer, decode, encode
+
+
+def test_encode_decode_round_trip():
+    arrays = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "labels": np.array([1, 2], np.int64),
+              "empty": np.zeros((0, 3), np.float32)}
+    frames = [bytes(f) for f in encode({"k": 1}, arrays)]
+    meta, out = decode(frames)
+    assert meta == {"k": 1}
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(out[name], value)
+        assert out[name].dtype == value.dtype
+
+
+@pytest.mark.parametrize("frames", [
+    [],
+    [b"not json"],
+    [b'{"meta": {}, "arrays": [{"name": "a", "dtype": "|O", "shape": [1]}]}', b"x" * 8],
+    [b'{"meta": {}, "arrays": [{"name": "a", "dtype": "<f4", "shape": [4]}]}', b"x" * 8],
+    [b'{"meta": {}, "arrays": []}', b"extra"],
+])
+def test_decode_refuses_bad_messages(frames):
+    with pytest.raises(DataPlaneError):
+        decode(frames)
+
+
+def test_server_answers_with_the_token_and_refuses_without():
+    seen = []
+
+    def handler(meta, arrays):
+        seen.append(meta["op"])
+        return {"n": 1}, {"g0": arrays["x"] * 2}
+
+    server = DataPlaneServer(handler, token="secret")
+    try:
+        good = DataPlaneClient("secret", timeout_s=5)
+        meta, out = good.request(server.endpoint, {"op": "step"}, {"x": np.ones(3, np.float32)})
+        np.testing.assert_array_equal(out["g0"], np.full(3, 2, np.float32))
+        bad = DataPlaneClient("wrong", timeout_s=5)
+        with pytest.raises(DataPlaneError, match="token"):
+            bad.request(server.endpoint, {"op": "step"}, {"x": np.ones(3, np.float32)})
+        raw = zmq.Context.instance().socket(zmq.REQ)
+        raw.linger = 0
+        raw.connect(server.endpoint)
+        raw.send_multipart([b"\xff garbage", b"more"])
+        assert raw.poll(5000)
+        assert b"error" in raw.recv_multipart()[0]
+        raw.close(0)
+        assert seen == ["step"] and server.rejected == 2
+        good.request(server.endpoint, {"op": "step"}, {"x": np.ones(3, np.float32)})  # still serving
+        good.close()
+        bad.close()
+    finally:
+        server.close()
