@@ -1,0 +1,73 @@
+"""Which edge serves each device: the nearest covering edge, with hysteresis against flapping."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EdgeSite:
+    name: str
+    x: float
+    y: float
+    radius_m: float
+
+    def distance(self, p: tuple[float, float]) -> float:
+        return math.dist((self.x, self.y), p)
+
+
+@dataclass(frozen=True)
+class Handover:
+    t_s: float
+    device: str
+    from_edge: str | None  # None: the device was out of every edge's coverage
+    to_edge: str | None
+
+
+class HandoverDetector:
+    """A device keeps its edge while that edge covers it, unless a covering edge is nearer by more
+    than ``hysteresis_m``; out of its edge's coverage it goes to the nearest covering edge, or to
+    None (disconnected) until some edge covers it again."""
+
+    def __init__(self, edges: Sequence[EdgeSite], hysteresis_m: float,
+                 initial: Mapping[str, str | None] | None = None):
+        self.edges = list(edges)
+        self.hysteresis_m = float(hysteresis_m)
+        names = {e.name for e in self.edges}
+        self.current: dict[str, str | None] = {d: (e if e in names else None) for d, e in (initial or {}).items()}
+
+    def choose(self, device: str, p: tuple[float, float]) -> str | None:
+        covering = sorted((e.distance(p), e.name) for e in self.edges if e.distance(p) <= e.radius_m)
+        if not covering:
+            return None
+        best_d, best = covering[0]
+        cur = self.current.get(device)
+        for dist, name in covering:
+            if name == cur and dist - best_d <= self.hysteresis_m:
+                return cur
+        return best
+
+    def update(self, t_s: float, positions: Mapping[str, tuple[float, float]]) -> list[Handover]:
+        events = []
+        for device in sorted(positions):
+            new = self.choose(device, positions[device])
+            old = self.current.get(device)
+            if device not in self.current:
+                self.current[device] = new  # first sight: an attachment, not a handover
+                continue
+            if new != old:
+                self.current[device] = new
+                events.append(Handover(t_s, device, old, new))
+        return events
+
+
+def handovers_between(mobility, detector: HandoverDetector, t0_s: float, t1_s: float, dt_s: float) -> list[Handover]:
+    """Sample positions every ``dt_s`` from t0 to t1 inclusive and collect the handovers."""
+    events = []
+    steps = int(math.floor((t1_s - t0_s) / dt_s + 1e-9))
+    for i in range(steps + 1):
+        t = t0_s + i * dt_s
+        events.extend(detector.update(t, mobility.positions(t)))
+    return events
