@@ -23,7 +23,7 @@ def encode_state(meta: Mapping, arrays: Mapping[str, np.ndarray], chunk_bytes: i
     """Header frame, then each array's bytes in chunks of at most ``chunk_bytes`` (zero-copy views)."""
     specs, frames = [], []
     for name, arr in arrays.items():
-        arr = np.ascontiguousarray(arr)
+        arr = np.ascontiguousarray(arr).reshape(np.shape(arr))  # ascontiguousarray makes 0-d arrays 1-d
         if arr.dtype.str not in ALLOWED_DTYPES:
             raise WireError(f"array {name!r}: dtype {arr.dtype.str} is not sent")
         view = memoryview(arr.reshape(-1)).cast("B") if arr.nbytes else memoryview(b"")

@@ -27,6 +27,59 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    if args.target.endswith(".json"):
+        from placement.errors import InvalidInstanceError
+        from placement.instance import load_instance, solve_instance
+
+        try:
+            result = solve_instance(load_instance(args.target))
+        except InvalidInstanceError as exc:
+            raise TierflowError(str(exc)) from exc
+        print(json.dumps(result) if args.json else _format_instance(result))
+        return 0
+    from orchestrator.planning import layer_graph, plan_all
+    from orchestrator.scenario import load_scenario
+    from orchestrator.world import load_dataset
+    from placement.rings import form_rings
+
+    scenario = load_scenario(args.target)
+    shape = load_dataset(scenario).shape
+    plans = plan_all(scenario, layer_graph(scenario, shape), {d.name: d.edge for d in scenario.devices})
+    k = None if scenario.policy.rings in ("off", "auto") else int(scenario.policy.rings)
+    rings = form_rings({d: p.round_time_s for d, p in plans.items()}, k)
+    ring_of = {d: i for i, ring in enumerate(rings) for d in ring}
+    rows = []
+    for d, p in plans.items():
+        counts = p.key.counts() + [0] * (3 - p.key.n_tiers)
+        rows.append({"device": d, "edge": p.edge, "device_layers": counts[0], "edge_layers": counts[1],
+                     "cloud_layers": counts[2], "batch_time_s": p.batch_time_s, "round_time_s": p.round_time_s,
+                     "ring": ring_of[d]})
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print(f"{'device':<14}{'edge':<10}{'split d/e/c':<14}{'batch s':>10}{'round s':>10}{'ring':>6}")
+        for r in rows:
+            split = f"{r['device_layers']}/{r['edge_layers']}/{r['cloud_layers']}"
+            print(f"{r['device']:<14}{r['edge']:<10}{split:<14}{r['batch_time_s']:>10.4f}{r['round_time_s']:>10.3f}"
+                  f"{r['ring']:>6}")
+    return 0
+
+
+def _format_instance(result: dict) -> str:
+    lines = [f"batch_time_s: {result['batch_time_s']:.6g}"]
+    lines += [f"  {node}: tier {tier}" for node, tier in result["assignment"].items()]
+    return "\n".join(lines)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator.report import render_report
+
+    for path in render_report(Path(args.run_dir)):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tierflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-addr", default=None,
                      help="serve Prometheus metrics at HOST:PORT (e.g. 127.0.0.1:9464); off by default")
     run.set_defaults(func=cmd_run)
+    plan = sub.add_parser("plan", help="print each device's split, predicted times and ring; or solve INSTANCE.json")
+    plan.add_argument("target", help="a scenario file, or a bare cost-graph instance (.json)")
+    plan.add_argument("--json", action="store_true", help="print JSON")
+    plan.set_defaults(func=cmd_plan)
+    report = sub.add_parser("report", help="plot a run directory's event log to PNG files")
+    report.add_argument("run_dir")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

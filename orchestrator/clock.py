@@ -4,7 +4,8 @@ What a device's virtual time in a round includes, and nothing else:
 - compute: seconds measured on this host for each tier's work, scaled by
   ``host_flops_per_s / tier_flops_per_s`` (the host is calibrated once by a matmul);
 - transfers: bytes / bandwidth for activations up and gradients down on each link it used;
-- model sync: the device-side parameters down and up once per round on its device-edge link.
+- model sync: the device-side parameters down and up once per round on its device-edge link;
+- handovers: a migration's measured pause plus its state bytes over the edge-to-edge backhaul.
 An edge server's compute is shared: the round cannot end before the edge has done all of its
 devices' edge work back to back, so the round time is the larger of the slowest device and the
 busiest edge. Aggregation arithmetic and Ray's own overhead are not counted.
@@ -62,11 +63,12 @@ class LinkRates:
 def device_round_time(device_id: str, edge: str | None, measured_compute_s: tuple[float, float, float],
                       speeds_flops_per_s: tuple[float, float, float], bytes_up: tuple[int, int],
                       bytes_down: tuple[int, int], links: LinkRates, sync_bytes: int,
-                      host_speed: float) -> DeviceRoundTime:
+                      host_speed: float, extra_s: float = 0.0) -> DeviceRoundTime:
     compute = tuple(m * host_speed / s for m, s in zip(measured_compute_s, speeds_flops_per_s, strict=True))
     transfer = 8 * (bytes_up[0] + bytes_down[0]) / links.device_bandwidth_bps
     transfer += 8 * (bytes_up[1] + bytes_down[1]) / links.edge_cloud_bandwidth_bps
     sync = 8 * 2 * sync_bytes / links.device_bandwidth_bps
+    transfer += extra_s  # e.g. a migration's pause
     return DeviceRoundTime(device_id, edge, compute, transfer, sync)
 
 

@@ -23,6 +23,8 @@ from tqdm import tqdm
 from orchestrator.aggregation import AGGREGATIONS, restrict
 from orchestrator.clock import LinkRates, device_round_time, host_flops_per_s, round_time
 from orchestrator.events import EventLog
+from orchestrator.handover_policies import HANDOVER_POLICIES, MoveResult
+from orchestrator.mobility import build_detector, build_mobility, edge_to_edge_bps
 from orchestrator.scenario import Scenario
 from orchestrator.world import World, build_world
 from tiers.actors import CloudActor, DeviceHostActor, EdgeActor, actor_options
@@ -55,7 +57,7 @@ def init_ray(address: str | None) -> None:
 def dataplane_host() -> str | None:
     """Loopback when every Ray node is this machine; otherwise each actor binds its node's address."""
     addresses = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
-    return "127.0.0.1" if addresses <= {ray.util.get_node_ip_address()} else None
+    return "127.0.0.1" if addresses <= {ray.util.get_node_ip_address(), "127.0.0.1"} else None
 
 
 class Orchestrator:
@@ -67,7 +69,26 @@ class Orchestrator:
         self.aggregation = AGGREGATIONS[scenario.aggregation.schedule]()
         self.global_state = dict(self.world.initial_state)
         self.splits: dict[str, SplitKey] = dict(self.world.splits)
+        # Where each device is connected now (None: out of coverage), and which edge holds its session.
         self.edge_of: dict[str, str | None] = {d.name: d.edge for d in scenario.devices}
+        self.session_at: dict[str, str] = {d.name: d.edge for d in scenario.devices}
+        self.mobility = build_mobility(scenario)  # reads trace files: fails before Ray starts
+        self.detector = build_detector(scenario, self.edge_of)
+        self.handover = HANDOVER_POLICIES[scenario.policy.handover]()
+        self.migration_key = secrets.token_bytes(32)
+        self.last_pushed: dict[str, dict[str, np.ndarray]] = {}
+        self.counters = {"handovers": 0, "migrations": 0, "migration_bytes": 0, "migration_time_s": 0.0,
+                         "failed_migrations": 0, "restarted_steps": 0}
+        self.round = 0
+        self.period = 0
+        self.mobility_t = 0.0
+        self.graph = None
+        if scenario.policy.placement == "adaptive":
+            from orchestrator.planning import layer_graph, plan_all
+
+            self.graph = layer_graph(scenario, self.shape)
+            self.plans = plan_all(scenario, self.graph, self.session_at)
+            self.splits = {d: p.key for d, p in self.plans.items()}
         self.devices = {d.name: d for d in scenario.devices}
         self.weights = {d.name: float(len(s)) for d, s in zip(scenario.devices, self.world.shards, strict=True)}
         self.factory = StageFactory(scenario.model.name, self.shape)
@@ -99,6 +120,8 @@ class Orchestrator:
         endpoints = ray.get([self.edges[n].start_dataplane.remote(bind) for n in names])
         self.endpoints = dict(zip(names, endpoints, strict=True))
         ray.get([edge.set_cloud_endpoint.remote(cloud_endpoint) for edge in self.edges.values()])
+        receivers = ray.get([self.edges[n].start_migration_receiver.remote(self.migration_key, bind) for n in names])
+        self.receivers = dict(zip(names, receivers, strict=True))
         self.host_of = {d.name: i % n_hosts for i, d in enumerate(sc.devices)}
         ds = self.world.dataset
         calls = []
@@ -112,14 +135,18 @@ class Orchestrator:
             calls.append(host.add_devices.remote(setups))
         ray.get(calls)
         state_ref = ray.put(self.global_state)
+        self.last_pushed = {d.name: self.global_state for d in sc.devices}
         calls = []
         for d in sc.devices:
             calls.extend(self._open_device(d.name, self.splits[d.name], state_ref))
         ray.get(calls)
+        self.actor_nodes = dict(zip(
+            ["cloud", *(f"edge:{n}" for n in names), *(f"devices:{i}" for i in range(n_hosts))],
+            ray.get([a.node_id.remote() for a in [self.cloud, *self.edges.values(), *self.hosts]]), strict=True))
 
     def _open_device(self, device_id: str, key: SplitKey, state_ref) -> list:
         calls = [self.hosts[self.host_of[device_id]].configure.remote(device_id, key, state_ref)]
-        edge = self.edge_of[device_id]
+        edge = self.session_at[device_id]
         if key.n_tiers >= 2 and edge is not None:
             calls.append(self.edges[edge].open_session.remote(device_id, key, state_ref, self.weights[device_id]))
         if key.n_tiers == 3:
@@ -127,14 +154,168 @@ class Orchestrator:
         return calls
 
     # ----- one round -----
-    def train_period(self, steps: int) -> list[TrainReport]:
+    def train_segment(self, steps: dict[str, int]) -> list[TrainReport]:
+        """Train each listed device for its number of steps, all hosts at once."""
         jobs: list[list] = [[] for _ in self.hosts]
-        for device_id, edge in sorted(self.edge_of.items()):
-            if edge is None:
-                continue
-            jobs[self.host_of[device_id]].append((device_id, steps, self.endpoints[edge], edge))
+        for device_id, n in sorted(steps.items()):
+            edge = self.session_at[device_id]
+            jobs[self.host_of[device_id]].append((device_id, n, self.endpoints[edge], edge))
         results = ray.get([h.train_many.remote(j) for h, j in zip(self.hosts, jobs, strict=True) if j])
         return [r for batch in results for r in batch]
+
+    def run_period(self, virtual_before_s: float) -> tuple[list[TrainReport], dict[str, float]]:
+        """One period of local steps, in segments between handover checks; returns merged reports."""
+        sc = self.scenario
+        steps = sc.training.local_steps
+        check = sc.mobility.check_every_steps or steps
+        remaining = {d: steps for d in self.devices}
+        dropped: set[str] = set()
+        done: dict[str, list[TrainReport]] = {}
+        extra_s: dict[str, float] = {}
+        elapsed_steps = 0
+        while True:
+            ready = {d: min(check, n) for d, n in remaining.items()
+                     if n > 0 and d not in dropped and self.edge_of[d] is not None}
+            if not ready:
+                break
+            elapsed_steps += max(ready.values())
+            for r in self.train_segment(ready):
+                remaining[r.device_id] -= r.steps
+                done.setdefault(r.device_id, []).append(r)
+            merged = [merge_reports(rs) for rs in done.values()]
+            elapsed = virtual_before_s + self.round_clock(merged, extra_s)
+            progress = elapsed_steps / steps  # above 1 when a restart made the period longer
+            now_s = self.mobility_time(elapsed, progress)
+            for h in self.detector.update(now_s, self.mobility.positions(now_s)):
+                self.on_handover(h, remaining, dropped, extra_s)
+        return [merge_reports(rs) for rs in done.values()], extra_s
+
+    def mobility_time(self, round_elapsed_s: float, period_progress: float) -> float:
+        """Mobility runs on the run's clock, or on a fixed time per round if the scenario sets one."""
+        per_round = self.scenario.mobility.round_duration_s
+        if per_round is None:
+            t = self.virtual_time_s + round_elapsed_s
+        else:
+            periods = self.scenario.aggregation.cloud_every
+            t = per_round * (self.round - 1 + (self.period + period_progress) / periods)
+        self.mobility_t = max(self.mobility_t, t)  # time never runs backwards, even after a long period
+        return self.mobility_t
+
+    def on_handover(self, h, remaining: dict[str, int], dropped: set[str], extra_s: dict[str, float]) -> None:
+        d = h.device
+        self.counters["handovers"] += 1
+        self.log.emit({"event": "handover", "round": self.round, "virtual_time_s": self.virtual_time_s,
+                       "device": d, "from_edge": h.from_edge, "to_edge": h.to_edge})
+        self.edge_of[d] = h.to_edge
+        if h.to_edge is None:
+            if self.scenario.policy.disconnected == "drop":
+                dropped.add(d)
+            return
+        src = self.session_at[d]
+        if src == h.to_edge:
+            return
+        if self.splits[d].n_tiers == 1:  # nothing offloaded: nothing to move
+            self.session_at[d] = h.to_edge
+            return
+        result = self.handover.move(self, d, src, h.to_edge)
+        self.log.emit({"event": "migration", "round": self.round, "virtual_time_s": self.virtual_time_s,
+                       "device": d, "from_edge": src, "to_edge": h.to_edge, "policy": self.handover.name,
+                       "bytes": result.bytes_, "duration_s": result.duration_s, "ok": result.ok})
+        if result.ok:
+            self.counters["migrations"] += 1
+            self.counters["migration_bytes"] += result.bytes_
+            self.counters["migration_time_s"] += result.duration_s
+            extra_s[d] = extra_s.get(d, 0.0) + result.virtual_s
+            if result.restarted_steps:
+                self.counters["restarted_steps"] += result.restarted_steps
+                remaining[d] = self.scenario.training.local_steps
+            return
+        self.counters["failed_migrations"] += 1
+        self.log.emit({"event": "failure", "round": self.round, "virtual_time_s": self.virtual_time_s,
+                       "kind": "migration", "entity": h.to_edge, "detail": f"{d}: {result.error}"})
+        self.drop_dead_edges(remaining)
+        # The source still holds the session: the device keeps training there, and the detector
+        # will hand it over again (a retry) if a live edge is still the better one.
+        self.edge_of[d] = src
+        alive = set(self.edges)
+        self.detector = build_detector(self.scenario, {k: (v if v in alive else None)
+                                                       for k, v in self.edge_of.items()}, alive)
+
+    def migrate_session(self, device_id: str, src: str, dst: str) -> MoveResult:
+        """Two-phase handoff: copy, destination verifies and ACKs, re-route, then drop the source copy."""
+        self.before_migration(device_id, src, dst)
+        out = ray.get(self.edges[src].migrate_out.remote(device_id, self.receivers[dst], self.migration_key,
+                                                         self.scenario.policy.migration_timeout_s))
+        if not out["ok"]:
+            return MoveResult(False, 0, out["duration_s"], 0.0, error=out["error"])
+        self.session_at[device_id] = dst
+        ray.get(self.edges[src].close_session.remote(device_id))
+        virtual = out["duration_s"] + 8 * out["bytes"] / edge_to_edge_bps(self.scenario, src, dst)
+        return MoveResult(True, out["bytes"], out["duration_s"], virtual)
+
+    def restart_session(self, device_id: str, src: str, dst: str) -> MoveResult:
+        """The baseline: drop the session, start the device's period over at ``dst``."""
+        t0 = time.perf_counter()
+        state = ray.put(self.last_pushed[device_id])
+        ray.get(self.edges[src].close_session.remote(device_id))
+        self.session_at[device_id] = dst
+        ray.get(self._open_device(device_id, self.splits[device_id], state))
+        return MoveResult(True, 0, time.perf_counter() - t0, 0.0, restarted_steps=1)
+
+    def replan(self) -> None:
+        """Adaptive placement: re-plan devices whose edge changed; re-open the ones whose split moved.
+
+        A device whose split changes starts its new stages from the global model it just received;
+        its optimizer state for the moved layers starts afresh (the layers now live elsewhere).
+        """
+        from orchestrator.planning import plan_device
+
+        changed = []
+        for d, plan in list(self.plans.items()):
+            edge = self.session_at[d]
+            if plan.edge == edge:
+                continue
+            new = plan_device(self.scenario, self.graph, self.devices[d], edge)
+            self.plans[d] = new
+            if new.key != self.splits[d]:
+                changed.append(d)
+                self.splits[d] = new.key
+        if changed:
+            state = ray.put(self.global_state)
+            calls = []
+            for d in changed:
+                calls.append(self.edges[self.session_at[d]].close_session.remote(d))
+                calls.append(self.cloud.close_session.remote(d))
+            ray.get(calls)
+            ray.get([c for d in changed for c in self._open_device(d, self.splits[d], state)])
+        self.log.emit({"event": "replan", "round": self.round, "virtual_time_s": self.virtual_time_s,
+                       "changed": len(changed)})
+
+    def before_migration(self, device_id: str, src: str, dst: str) -> None:
+        """A hook for fault-injection tests; does nothing in a run."""
+
+    def drop_dead_edges(self, remaining: dict[str, int]) -> None:
+        """Forget edges whose actor is gone; their devices re-home and start their period over."""
+        for name, edge in list(self.edges.items()):
+            try:
+                ray.get(edge.ping.remote(), timeout=5)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                del self.edges[name]
+                self.log.emit({"event": "failure", "round": self.round, "virtual_time_s": self.virtual_time_s,
+                               "kind": "edge", "entity": name, "detail": "edge actor is gone"})
+        alive = set(self.edges)
+        for d, edge in list(self.session_at.items()):
+            if edge in alive:
+                continue
+            here = self.mobility.positions(self.virtual_time_s)[d]
+            new = min(alive, key=lambda e: self.detector_distance(e, here))
+            self.session_at[d] = self.edge_of[d] = new
+            ray.get(self._open_device(d, self.splits[d], ray.put(self.last_pushed[d])))
+            remaining[d] = self.scenario.training.local_steps
+
+    def detector_distance(self, edge: str, p: tuple[float, float]) -> float:
+        x, y = self.scenario.edge(edge).position
+        return ((x - p[0]) ** 2 + (y - p[1]) ** 2) ** 0.5
 
     def partial_sums(self, groups: dict[str, list[str]]) -> dict[str, WeightedSum]:
         calls = []
@@ -142,7 +323,7 @@ class Orchestrator:
             mine = {d for d, hh in self.host_of.items() if hh == h}
             calls.append(host.weighted_sums.remote(restrict(groups, mine)))
         for edge_name, edge in self.edges.items():
-            served = {d for d, e in self.edge_of.items() if e == edge_name}
+            served = {d for d, e in self.session_at.items() if e == edge_name}
             calls.append(edge.weighted_sums.remote(restrict(groups, served)))
         calls.append(self.cloud.weighted_sums.remote(groups))
         totals = {g: WeightedSum() for g in groups}
@@ -153,6 +334,8 @@ class Orchestrator:
 
     def push(self, state: dict[str, np.ndarray], device_ids: list[str]) -> None:
         ref = ray.put(state)
+        for d in device_ids:
+            self.last_pushed[d] = state
         calls = []
         chosen = set(device_ids)
         for h, host in enumerate(self.hosts):
@@ -160,7 +343,7 @@ class Orchestrator:
             if mine:
                 calls.append(host.load_weights.remote(mine, ref))
         for edge_name, edge in self.edges.items():
-            served = [d for d, e in self.edge_of.items() if e == edge_name and d in chosen
+            served = [d for d, e in self.session_at.items() if e == edge_name and d in chosen
                       and self.splits[d].n_tiers >= 2]
             if served:
                 calls.append(edge.load_weights.remote(served, ref))
@@ -184,7 +367,7 @@ class Orchestrator:
         stage = self.factory.stage(self.splits[device_id], 0)
         return sum(t.numel() * t.element_size() for t in stage.module.state_dict().values())
 
-    def round_clock(self, reports: list[TrainReport]) -> float:
+    def round_clock(self, reports: list[TrainReport], extra_s: dict[str, float] | None = None) -> float:
         sc = self.scenario
         times = []
         for r in reports:
@@ -193,26 +376,37 @@ class Orchestrator:
             speeds = (d.flops_per_s, edge.flops_per_s, sc.cloud.flops_per_s)
             links = LinkRates(d.bandwidth_mbps * 1e6, edge.cloud_bandwidth_mbps * 1e6)
             times.append(device_round_time(r.device_id, r.edge, r.compute_s, speeds, r.bytes_up, r.bytes_down,
-                                           links, self.device_param_bytes(r.device_id), self.host_speed))
+                                           links, self.device_param_bytes(r.device_id), self.host_speed,
+                                           (extra_s or {}).get(r.device_id, 0.0)))
         return round_time(times)
 
     # ----- the run -----
     def run(self) -> dict:
-        sc = self.scenario
         out = self.options.out_dir
         out.mkdir(parents=True, exist_ok=True)
-        sinks = []
         exporter = None
+        sinks = []
         if self.options.metrics_addr:
             from orchestrator.metrics import MetricsExporter
 
-            exporter = MetricsExporter(self.options.metrics_addr)
-            exporter.start()
+            exporter = MetricsExporter(self.options.metrics_addr).start()
             sinks.append(exporter.observe)
         log = EventLog(out / "events.jsonl", sinks)
+        try:
+            return self._run(log)
+        finally:
+            log.close()
+            if exporter is not None:
+                # Keep serving briefly so a scraper that has been watching sees the final values.
+                exporter.stop(wait_for_scrape_s=10.0)
+
+    def _run(self, log: EventLog) -> dict:
+        sc = self.scenario
+        out = self.options.out_dir
         t_start = time.perf_counter()
         init_ray(self.options.address)
         self.start_actors()
+        self.log = log
         log.emit({"event": "run_start", "wall_time_s": 0.0, "virtual_time_s": 0.0, "time_mode": sc.execution.time,
                   "scenario": sc.name, "devices": len(sc.devices), "edges": [e.name for e in sc.edges],
                   "policy": self.policy_name()})
@@ -222,14 +416,21 @@ class Orchestrator:
         bar = tqdm(total=sc.training.rounds, desc=sc.name, unit="round", disable=not self.options.progress)
         wall_prev = time.perf_counter()
         for rnd in range(1, sc.training.rounds + 1):
+            self.round = rnd
             reports: list[TrainReport] = []
             virtual_round = 0.0
             for period in range(sc.aggregation.cloud_every):
-                period_reports = self.train_period(sc.training.local_steps)
+                self.period = period
+                period_reports, extra_s = self.run_period(virtual_round)
                 reports.extend(period_reports)
-                virtual_round += self.round_clock(period_reports)
+                virtual_round += self.round_clock(period_reports, extra_s)
+                for r in period_reports:
+                    if not r.finite:
+                        log.emit({"event": "failure", "round": rnd, "virtual_time_s": self.virtual_time_s,
+                                  "kind": "poisoned_update", "entity": r.device_id,
+                                  "detail": "non-finite loss or weights; update left out of aggregation"})
                 healthy = {r.device_id for r in period_reports if r.finite}
-                groups = self.aggregation.groups({d: e for d, e in self.edge_of.items() if d in healthy})
+                groups = self.aggregation.groups({d: e for d, e in self.session_at.items() if d in healthy})
                 sums = self.partial_sums(groups)
                 if period < sc.aggregation.cloud_every - 1:
                     for edge, state in self.aggregation.edge_models(sums).items():
@@ -238,6 +439,8 @@ class Orchestrator:
                     self.global_state = self.aggregation.global_model(sums)
                     self.push(self.global_state, sorted(self.edge_of))
             accuracy, loss = self.evaluate()
+            if self.graph is not None:
+                self.replan()
             now = time.perf_counter()
             wall_round = now - wall_prev
             wall_prev = now
@@ -268,20 +471,26 @@ class Orchestrator:
             "devices": len(sc.devices),
             "edges": len(sc.edges),
             "policy": self.policy_name(),
+            "actor_nodes": self.actor_nodes,
+            "handovers": self.counters["handovers"],
+            "migrations": self.counters["migrations"],
+            "migration_bytes": self.counters["migration_bytes"],
+            "migration_time_s": self.counters["migration_time_s"],
+            "failed_migrations": self.counters["failed_migrations"],
+            "restarts": self.counters["restarted_steps"] if self.handover.name == "restart" else 0,
         }
         log.emit({"event": "run_end", "wall_time_s": wall, "virtual_time_s": self.virtual_time_s,
                   "final_accuracy": accuracy, "rounds": sc.training.rounds})
-        log.close()
         torch.save({k: torch.from_numpy(v) for k, v in self.global_state.items()}, out / "model.pt")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if exporter is not None:
-            exporter.stop()
         self.stop_actors()
         return summary
+
 
     def stop_actors(self) -> None:
         for actor in [self.cloud, *self.edges.values(), *self.hosts]:
             ray.kill(actor)
+
 
     def policy_name(self) -> str:
         p = self.scenario.policy
@@ -304,7 +513,7 @@ class Orchestrator:
             for direction in ("up", "down"):
                 self.bytes_total[link][direction] += bytes_round[link][direction]
         per_edge: dict[str, int] = {e.name: 0 for e in self.scenario.edges}
-        for edge in self.edge_of.values():
+        for edge in self.session_at.values():
             if edge is not None:
                 per_edge[edge] += 1
         return {
@@ -315,6 +524,18 @@ class Orchestrator:
             "splits": {d: self.splits[d].counts() + [0] * (3 - self.splits[d].n_tiers) for d in sorted(self.splits)},
             "samples": samples, "failures": sum(1 for r in reports if not r.finite),
         }
+
+
+def merge_reports(reports: list[TrainReport]) -> TrainReport:
+    """One device's segments of a period as one report (the clock and the metrics want totals)."""
+    first = reports[-1]
+    return TrainReport(
+        first.device_id, first.edge, sum(r.steps for r in reports), sum(r.samples for r in reports),
+        sum(r.loss_sum for r in reports), sum(r.correct for r in reports),
+        tuple(sum(r.compute_s[k] for r in reports) for k in range(3)),
+        tuple(sum(r.bytes_up[k] for r in reports) for k in range(2)),
+        tuple(sum(r.bytes_down[k] for r in reports) for k in range(2)),
+        first.n_tiers, all(r.finite for r in reports))
 
 
 def run_scenario(scenario: Scenario, options: RunOptions) -> dict:

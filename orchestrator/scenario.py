@@ -84,7 +84,8 @@ class MobilitySpec:
     area_m: tuple[float, float] | None = None
     trace: str | None = None
     hysteresis_m: float = 10.0
-    round_duration_s: float | None = None  # real time per round for mobility; None: the run's clock
+    round_duration_s: float | None = None  # mobility seconds per round; None: follow the run's clock
+    check_every_steps: int | None = None  # handover checks within a period; None: at period ends
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class PolicySpec:
     rings: int | str = "off"  # off | auto | K
     handover: str = "migrate"  # migrate | restart
     disconnected: str = "wait"  # wait | drop
+    migration_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,7 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path(".")) -> Scenar
         rings=rings,
         handover=pol_f.string("handover", "migrate", choices=("migrate", "restart")),
         disconnected=pol_f.string("disconnected", "wait", choices=("wait", "drop")),
+        migration_timeout_s=pol_f.number("migration_timeout_s", 10.0, positive=True),
     )
     pol_f.reject_unknown()
     ex_f = top.sub("execution", {})
@@ -339,6 +342,8 @@ def _mobility(f: Fields, base_dir: Path) -> MobilitySpec:
         hysteresis_m=f.number("hysteresis_m", 10.0, minimum=0.0),
         round_duration_s=f.number("round_duration_s", None, positive=True)
         if f.get("round_duration_s", None) is not None else None,
+        check_every_steps=f.integer("check_every_steps", minimum=1)
+        if f.get("check_every_steps", None) is not None else None,
     )
     f.reject_unknown()
     return spec

@@ -33,7 +33,7 @@ def encode(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> list:
     specs = []
     frames: list = []
     for name, arr in arrays.items():
-        arr = np.ascontiguousarray(arr)
+        arr = np.ascontiguousarray(arr).reshape(np.shape(arr))  # ascontiguousarray makes 0-d arrays 1-d
         specs.append({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape)})
         frames.append(memoryview(arr).cast("B") if arr.nbytes else b"")
     return [json.dumps({"meta": dict(meta), "arrays": specs}).encode(), *frames]

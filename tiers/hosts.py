@@ -228,6 +228,7 @@ class SessionHost:
         self.token = token
         self.client = DataPlaneClient(token)
         self.server: DataPlaneServer | None = None
+        self.receiver = None  # migration.channel.MigrationReceiver, once started
         # Steps arrive on the data-plane thread; control calls on Ray's. Sessions are shared.
         self.lock = threading.RLock()
 
@@ -292,7 +293,43 @@ class SessionHost:
     def shutdown(self) -> None:
         if self.server is not None:
             self.server.close()
+        if self.receiver is not None:
+            self.receiver.close()
         self.client.close()
+
+    # ----- migration (FedFly): sessions move edge to edge over pyzmq, in two phases -----
+    def start_migration_receiver(self, key: bytes, host: str | None = "127.0.0.1") -> str:
+        from migration.channel import MigrationReceiver
+
+        if host is None:
+            import ray
+
+            host = ray.util.get_node_ip_address()
+        if self.receiver is None:
+            self.receiver = MigrationReceiver(key, self._accept_session, host=host)
+        return self.receiver.endpoint
+
+    def _accept_session(self, session_id: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Phase one at the destination: rebuild and verify the session; raising refuses it (NACK)."""
+        if str(meta.get("device_id")) != session_id or int(meta.get("tier", -1)) != self.tier:
+            raise ValueError(f"session header does not match {session_id!r} on tier {self.tier}")
+        session = Session.from_export(meta, arrays, self.factory, self.optimizer)
+        with self.lock:
+            self.sessions[session_id] = session
+
+    def migrate_out(self, device_id: str, endpoint: str, key: bytes, timeout_s: float) -> dict:
+        """Send a session to another edge; the source copy stays until the orchestrator drops it."""
+        from migration.channel import send_state
+        from migration.errors import MigrationError
+
+        t0 = time.perf_counter()
+        with self.lock:  # no step of this session can run while it is being copied
+            meta, arrays = self.sessions[device_id].export()
+            try:
+                stats = send_state(endpoint, key, device_id, meta, arrays, timeout_s=timeout_s)
+            except MigrationError as exc:
+                return {"ok": False, "error": str(exc), "bytes": 0, "duration_s": time.perf_counter() - t0}
+        return {"ok": True, "error": "", "bytes": int(stats.bytes_), "duration_s": time.perf_counter() - t0}
 
 
 class EdgeServer(SessionHost):

@@ -1,0 +1,45 @@
+"""What happens to a device's offloaded session when it moves to another edge (chosen by name).
+
+``migrate`` (FedFly): the source streams the session to the destination over pyzmq; the device is
+re-routed only after the destination has loaded, verified and acknowledged it, and only then is
+the source copy dropped. ``restart`` (the baseline): the session is thrown away and the device's
+current period starts over at the new edge from the last aggregated model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    ok: bool
+    bytes_: int
+    duration_s: float  # wall seconds the move took on this machine
+    virtual_s: float  # what it costs the device in the run's clock
+    restarted_steps: int = 0
+    error: str = ""
+
+
+class HandoverPolicy(Protocol):
+    name: str
+
+    def move(self, run, device_id: str, src: str, dst: str) -> MoveResult: ...
+
+
+class Migrate:
+    name = "migrate"
+
+    def move(self, run, device_id, src, dst):
+        return run.migrate_session(device_id, src, dst)
+
+
+class Restart:
+    name = "restart"
+
+    def move(self, run, device_id, src, dst):
+        return run.restart_session(device_id, src, dst)
+
+
+HANDOVER_POLICIES = {"migrate": Migrate, "restart": Restart}

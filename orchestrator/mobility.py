@@ -1,0 +1,57 @@
+"""Where devices are: the scenario's mobility model, and the edge sites that cover them."""
+
+from __future__ import annotations
+
+from migration.errors import MobilityInputError
+from migration.handover import EdgeSite, HandoverDetector
+from migration.mobility import RandomWaypoint, StaticMobility, TraceMobility
+from orchestrator.errors import TierflowError
+from orchestrator.scenario import Scenario
+
+
+class _TraceOverStatic:
+    """Devices named in the trace follow it; the others stay where the scenario put them."""
+
+    def __init__(self, trace, static):
+        self.trace, self.static = trace, static
+
+    def positions(self, t_s: float) -> dict[str, tuple[float, float]]:
+        out = self.static.positions(t_s)
+        out.update({d: p for d, p in self.trace.positions(t_s).items() if d in out})
+        return out
+
+
+def build_mobility(scenario: Scenario):
+    spec = scenario.mobility
+    start = {d.name: d.position for d in scenario.devices}
+    static = StaticMobility(start)
+    if spec.model == "static":
+        return static
+    if spec.model == "trace":
+        try:
+            return _TraceOverStatic(TraceMobility.from_csv(spec.trace), static)
+        except MobilityInputError as exc:
+            raise TierflowError(f"{scenario.source}: mobility.trace: {exc}") from exc
+        except OSError as exc:
+            raise TierflowError(
+                f"{scenario.source}: mobility.trace: cannot read {spec.trace} ({exc.strerror})") from exc
+    area = spec.area_m
+    if area is None:  # the box the edge servers cover
+        area = (max(e.position[0] + e.radius_m for e in scenario.edges),
+                max(e.position[1] + e.radius_m for e in scenario.edges))
+    return RandomWaypoint(sorted(start), area_m=area, speed_mps=spec.speed_mps, pause_s=spec.pause_s,
+                          seed=scenario.training.seed, start=start)
+
+
+def edge_sites(scenario: Scenario, alive: set[str] | None = None) -> list[EdgeSite]:
+    return [EdgeSite(e.name, e.position[0], e.position[1], e.radius_m) for e in scenario.edges
+            if alive is None or e.name in alive]
+
+
+def build_detector(scenario: Scenario, current: dict[str, str | None], alive: set[str] | None = None):
+    return HandoverDetector(edge_sites(scenario, alive), scenario.mobility.hysteresis_m, initial=dict(current))
+
+
+def edge_to_edge_bps(scenario: Scenario, src: str, dst: str) -> float:
+    """Edges talk over their backhaul: the slower of the two uplinks bounds a transfer."""
+    return 1e6 * min(scenario.edge(src).cloud_bandwidth_mbps, scenario.edge(dst).cloud_bandwidth_mbps)

@@ -1,0 +1,55 @@
+"""The orchestrator's use of the placement engine: a split per device from its profile, and rings.
+
+Speeds and bandwidths come from the scenario (and, as the run goes, from where each device is
+connected); the planner itself is pure (placement/), this module only maps scenario terms to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+
+from orchestrator.scenario import DeviceSpec, Scenario
+from placement.cost import TierProfile
+from placement.graph import build_layer_graph
+from placement.partition import partition
+from tiers.models import InputShape, build_model
+from tiers.session import SplitKey
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    device_id: str
+    edge: str
+    key: SplitKey
+    batch_time_s: float
+    round_time_s: float
+
+
+def layer_graph(scenario: Scenario, shape: InputShape) -> nx.DiGraph:
+    model = build_model(scenario.model.name, shape, seed=scenario.training.seed)
+    return build_layer_graph(model, (shape.channels, shape.height, shape.width), batch_size=8)
+
+
+def profile_for(scenario: Scenario, device: DeviceSpec, edge_name: str) -> TierProfile:
+    edge = scenario.edge(edge_name)
+    return TierProfile(
+        flops_per_s=(device.flops_per_s, edge.flops_per_s, scenario.cloud.flops_per_s),
+        bandwidth_bps=(device.bandwidth_mbps * 1e6, edge.cloud_bandwidth_mbps * 1e6),
+        batch_size=scenario.training.batch_size,
+        device_memory_bytes=device.memory_mb * 2**20,
+    )
+
+
+def plan_device(scenario: Scenario, graph: nx.DiGraph, device: DeviceSpec, edge_name: str) -> DevicePlan:
+    """The exact best split for one device connected to ``edge_name`` (three ordered tiers)."""
+    plan = partition(graph, profile_for(scenario, device, edge_name))
+    # Tiers above the highest one used are left out, so the loss sits with the last layer.
+    key = SplitKey.of(plan.assignment, max(plan.assignment.values()) + 1)
+    steps = scenario.training.local_steps * scenario.aggregation.cloud_every
+    return DevicePlan(device.name, edge_name, key, plan.batch_time_s, plan.batch_time_s * steps)
+
+
+def plan_all(scenario: Scenario, graph: nx.DiGraph, edge_of: dict[str, str]) -> dict[str, DevicePlan]:
+    return {d.name: plan_device(scenario, graph, d, edge_of[d.name]) for d in scenario.devices}
