@@ -49,14 +49,14 @@ def test_wrong_key_is_rejected_and_receiver_keeps_working(receiver):
 
 def test_garbage_and_truncated_messages_are_counted(receiver):
     sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.linger = 0
+    sock.linger = 2000  # closing right away must not drop what was queued before the connection was up
     sock.connect(receiver.endpoint)
     for frames in ([b"x"], [b"{}", b"short mac"], [b'{"session": "d"}', b"\x00" * 32, b"chunk"]):
         sock.send_multipart(frames)
-    sock.close(0)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while receiver.rejected < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
+    sock.close(0)
     assert receiver.rejected == 3 and not receiver.got
     send_state(receiver.endpoint, KEY, "ok", {}, {"w": np.ones(2)})
 

@@ -90,17 +90,18 @@ class SendGarbageFirst(Orchestrator):
     def before_migration(self, device_id, src, dst):
         endpoint = self.receivers[dst]
         sock = zmq.Context.instance().socket(zmq.DEALER)
-        sock.linger = 0
+        sock.linger = 2000
         sock.connect(endpoint)
         sock.send_multipart([b"\x00garbage"])
         sock.send_multipart([b'{"v": 1}', b"truncated"])
-        sock.close(0)
+        sock.close()  # with its 2 s linger, so the garbage really goes out
         with pytest.raises(MigrationError):
             send_state(endpoint, b"not the run key" * 2, device_id, {"device_id": device_id}, {}, timeout_s=2.0)
 
 
 def test_garbage_and_unauthenticated_messages_are_rejected(unmoved, tmp_path):
-    out = run(scenario(tmp_path, moving=True), tmp_path / "out", SendGarbageFirst)
+    orchestrator_cls = SendGarbageFirst
+    out = run(scenario(tmp_path, moving=True), tmp_path / "out", orchestrator_cls)
     assert out["migrations"] == 1
     assert_same_weights(out["state"], unmoved["state"])
 
