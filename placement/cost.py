@@ -1,0 +1,238 @@
+"""Cost model of one training batch split over ordered tiers (design §4.1).
+
+For an assignment x (node -> tier, 0 device, 1 edge, 2 cloud) the batch time is
+
+    T(x) = Σ_v work_v / flops_per_s[x_v]
+         + Σ_u Σ_{k: x_u < k <= max_{w ∈ succ(u)} x_w} 2 · 8 · bytes_u / bandwidth_bps[k-1]
+
+(activation up, gradient down, bits = 8 · bytes). Here work and bytes are per batch: a layer
+graph's per-sample figures times ``batch_size``. Grouped by tier the same sum is
+
+    T(x) = Σ_k F_k / flops_per_s[k] + Σ_k A_k / bandwidth_bps[k-1]
+
+with F_k the work on tier k and A_k the bits over boundary k; :func:`features` returns
+(F_0.., A_1..), which is what the candidate set (§4.1b) stores. Every cost in the package is
+computed by :func:`time_from_features`, so equal assignments give bit-identical floats.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TierSpeeds:
+    """Compute speeds and link bandwidths of one device's tier chain; no cloud means two tiers."""
+
+    device_flops_per_s: float
+    edge_flops_per_s: float
+    device_edge_bandwidth_bps: float
+    cloud_flops_per_s: float | None = None
+    edge_cloud_bandwidth_bps: float | None = None
+
+    def __post_init__(self) -> None:
+        assert (self.cloud_flops_per_s is None) == (self.edge_cloud_bandwidth_bps is None), (
+            "cloud speed and edge-cloud bandwidth come together"
+        )
+
+    @property
+    def flops_per_s(self) -> tuple[float, ...]:
+        s = (self.device_flops_per_s, self.edge_flops_per_s)
+        return s if self.cloud_flops_per_s is None else (*s, self.cloud_flops_per_s)
+
+    @property
+    def bandwidth_bps(self) -> tuple[float, ...]:
+        b = (self.device_edge_bandwidth_bps,)
+        return b if self.edge_cloud_bandwidth_bps is None else (*b, self.edge_cloud_bandwidth_bps)
+
+    @property
+    def num_tiers(self) -> int:
+        return len(self.flops_per_s)
+
+    @staticmethod
+    def of(flops_per_s: Sequence[float], bandwidth_bps: Sequence[float]) -> TierSpeeds:
+        assert len(flops_per_s) in (2, 3) and len(bandwidth_bps) == len(flops_per_s) - 1
+        cloud = flops_per_s[2] if len(flops_per_s) == 3 else None
+        bw2 = bandwidth_bps[1] if len(bandwidth_bps) == 2 else None
+        return TierSpeeds(flops_per_s[0], flops_per_s[1], bandwidth_bps[0], cloud, bw2)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One device's planning inputs: its tier speeds plus training and memory settings.
+
+    ``private_layers`` leading compute nodes (topological order, after the input) stay on the
+    device. Device memory of an assignment is Σ over device nodes of
+    ``param_state_factor · param_bytes + batch_size · activation_bytes`` (weights, gradients and
+    momentum; activations kept for backward).
+    """
+
+    speeds: TierSpeeds
+    batch_size: int = 8
+    steps_per_round: int = 1
+    device_memory_bytes: float = math.inf
+    private_layers: int = 0
+    param_state_factor: float = 3.0
+
+
+@dataclass(frozen=True)
+class CostGraph:
+    """A layer graph reduced to per-batch arrays in topological order (what the solvers use).
+
+    ``lo[i] <= x_i <= hi[i]`` are pins; ``memory_bytes[i]`` is what node i costs on the device.
+    """
+
+    names: tuple[str, ...]
+    succ: tuple[tuple[int, ...], ...]
+    work_flops: tuple[float, ...]
+    bits: tuple[float, ...]  # 2 · 8 · activation bytes per batch: activation up plus gradient down
+    memory_bytes: tuple[float, ...]
+    lo: tuple[int, ...]
+    hi: tuple[int, ...]
+    num_tiers: int
+    memory_limit_bytes: float = math.inf
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.names)}
+
+    def with_pins(self, lo: Sequence[int], hi: Sequence[int]) -> CostGraph:
+        return _replace(self, lo=tuple(lo), hi=tuple(hi))
+
+    def is_chain(self) -> bool:
+        return all(s == ((i + 1,) if i + 1 < len(self.names) else ()) for i, s in enumerate(self.succ))
+
+
+def _replace(cg: CostGraph, **kw: object) -> CostGraph:
+    from dataclasses import replace
+
+    return replace(cg, **kw)  # type: ignore[arg-type]
+
+
+def topological_names(graph: nx.DiGraph) -> list[str]:
+    """Nodes by their ``order`` attribute when present (the fx order), else a topological sort."""
+    if all("order" in d for _, d in graph.nodes(data=True)):
+        names = sorted(graph.nodes, key=lambda n: graph.nodes[n]["order"])
+    else:
+        names = list(nx.lexicographical_topological_sort(graph))
+    pos = {n: i for i, n in enumerate(names)}
+    assert all(pos[u] < pos[w] for u, w in graph.edges), "node order is not topological"
+    return names
+
+
+def cost_graph(graph: nx.DiGraph, profile: Profile) -> CostGraph:
+    """Per-batch cost arrays for ``graph`` under ``profile``: pins the source and private layers."""
+    names = topological_names(graph)
+    pos = {n: i for i, n in enumerate(names)}
+    b = profile.batch_size
+    k = profile.speeds.num_tiers
+    source = graph.graph.get("source", names[0])
+    lo = [int(graph.nodes[n].get("tier", 0)) for n in names]
+    hi = [int(graph.nodes[n].get("tier", k - 1)) for n in names]
+    compute = [i for i, n in enumerate(names) if n != source and graph.in_degree(n) > 0]
+    for i in [pos[source], *compute[: profile.private_layers]]:
+        hi[i] = 0
+        lo[i] = 0
+    return CostGraph(
+        names=tuple(names),
+        succ=tuple(tuple(sorted(pos[w] for w in graph.successors(n))) for n in names),
+        work_flops=tuple(
+            float(graph.nodes[n].get("fwd_flops", 0.0) + graph.nodes[n].get("bwd_flops", 0.0)) * b for n in names
+        ),
+        bits=tuple(16.0 * float(graph.nodes[n].get("activation_bytes", 0.0)) * b for n in names),
+        memory_bytes=tuple(
+            profile.param_state_factor * float(graph.nodes[n].get("param_bytes", 0.0))
+            + b * float(graph.nodes[n].get("activation_bytes", 0.0))
+            for n in names
+        ),
+        lo=tuple(lo),
+        hi=tuple(hi),
+        num_tiers=k,
+        memory_limit_bytes=profile.device_memory_bytes,
+    )
+
+
+def features(cg: CostGraph, x: Sequence[int]) -> tuple[float, ...]:
+    """(F_0, …, F_{K-1}, A_1, …, A_{K-1}): work per tier and bits per boundary of assignment x."""
+    k = cg.num_tiers
+    f = [0.0] * (2 * k - 1)
+    for i, xi in enumerate(x):
+        f[xi] += cg.work_flops[i]
+        top = max((x[w] for w in cg.succ[i]), default=-1)
+        for boundary in range(xi + 1, top + 1):
+            f[k + boundary - 1] += cg.bits[i]
+    return tuple(f)
+
+
+def inverse_params(speeds: TierSpeeds) -> tuple[float, ...]:
+    """(1/s_0, …, 1/B_1, …): the point at which the features are evaluated."""
+    return tuple(1.0 / s for s in speeds.flops_per_s) + tuple(1.0 / b for b in speeds.bandwidth_bps)
+
+
+def time_from_features(f: Sequence[float], speeds: TierSpeeds) -> float:
+    """Batch seconds from features; the single place every cost is summed (fixed order)."""
+    total = 0.0
+    for fi, pi in zip(f, inverse_params(speeds), strict=True):
+        total += fi * pi
+    return total
+
+
+def check_assignment(cg: CostGraph, x: Sequence[int]) -> None:
+    """Assert x is monotone along edges and within the pins."""
+    assert len(x) == len(cg.names)
+    for i, xi in enumerate(x):
+        assert cg.lo[i] <= xi <= cg.hi[i], f"{cg.names[i]}: tier {xi} outside pins [{cg.lo[i]}, {cg.hi[i]}]"
+        for w in cg.succ[i]:
+            assert xi <= x[w], f"edge {cg.names[i]} -> {cg.names[w]} goes down"
+
+
+def time_of(cg: CostGraph, x: Sequence[int], speeds: TierSpeeds) -> float:
+    return time_from_features(features(cg, x), speeds)
+
+
+def memory_of(cg: CostGraph, x: Sequence[int]) -> float:
+    return sum(m for m, xi in zip(cg.memory_bytes, x, strict=True) if xi == 0)
+
+
+def as_vector(cg: CostGraph, assignment: Mapping[str, int]) -> list[int]:
+    return [int(assignment[n]) for n in cg.names]
+
+
+def batch_time_s(graph: nx.DiGraph, assignment: Mapping[str, int], profile: Profile) -> float:
+    """Seconds of one training batch under ``assignment`` (formula in the module docstring)."""
+    cg = cost_graph(graph, profile)
+    return time_of(cg, as_vector(cg, assignment), profile.speeds)
+
+
+def device_memory_bytes(graph: nx.DiGraph, assignment: Mapping[str, int], profile: Profile) -> float:
+    cg = cost_graph(graph, profile)
+    return memory_of(cg, as_vector(cg, assignment))
+
+
+def fits_memory(graph: nx.DiGraph, assignment: Mapping[str, int], profile: Profile) -> bool:
+    return device_memory_bytes(graph, assignment, profile) <= profile.device_memory_bytes
+
+
+def device_param_bytes(graph: nx.DiGraph, assignment: Mapping[str, int]) -> float:
+    return sum(float(graph.nodes[n].get("param_bytes", 0.0)) for n, t in assignment.items() if t == 0)
+
+
+def round_time_s(graph: nx.DiGraph, assignment: Mapping[str, int], profile: Profile) -> float:
+    """Seconds of one round: ``steps_per_round`` batches plus the device's parameter sync.
+
+    The sync is the device-side parameters going up to the edge for aggregation and the
+    aggregate coming back, both on the device link: 2 · 8 · device param bytes / bandwidth. The
+    edge- and cloud-side parameters already live on the servers (in the session), and the
+    edge→cloud aggregation is per edge server, not per device, so it is not charged here.
+    """
+    sync_s = 2 * 8 * device_param_bytes(graph, assignment) / profile.speeds.device_edge_bandwidth_bps
+    return profile.steps_per_round * batch_time_s(graph, assignment, profile) + sync_s
+
+
+def features_matrix(cg: CostGraph, xs: Sequence[Sequence[int]]) -> np.ndarray:
+    return np.array([features(cg, x) for x in xs], dtype=float).reshape(len(xs), 2 * cg.num_tiers - 1)
