@@ -222,9 +222,7 @@ def profile_seconds(
     return result
 
 
-def attach_profile(
-    graph: nx.DiGraph, seconds: dict[str, tuple[float, float]], host_flops_per_s: float
-) -> nx.DiGraph:
+def attach_profile(graph: nx.DiGraph, seconds: dict[str, tuple[float, float]], host_flops_per_s: float) -> nx.DiGraph:
     """Copy of ``graph`` whose FLOPs are measured host seconds × ``host_flops_per_s``.
 
     Measured time becomes "effective FLOPs" at the host's nominal speed, so every tier speed stays
