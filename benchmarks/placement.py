@@ -1,0 +1,97 @@
+"""Benchmark: planning many devices with the candidate set vs one min cut per device.
+
+Run ``python benchmarks/placement.py``. Progress goes to stdout; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+# This file is named like the package it measures: make ``import placement`` find the package.
+_ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(_ROOT))
+
+import numpy as np  # noqa: E402
+
+from placement.candidates import ParameterBox, build_candidate_set  # noqa: E402
+from placement.cost import Profile, TierSpeeds, cost_graph, time_of  # noqa: E402
+from placement.graph import build_layer_graph  # noqa: E402
+from placement.partition import min_cut  # noqa: E402
+from tiers.models import InputShape, build_model  # noqa: E402
+
+BOX = ParameterBox(
+    device_flops_per_s=(1e8, 1e11),
+    edge_flops_per_s=(1e9, 1e12),
+    device_edge_bandwidth_bps=(1e5, 1e9),
+    cloud_flops_per_s=(1e10, 1e13),
+    edge_cloud_bandwidth_bps=(1e5, 1e10),
+)
+
+
+def sample_devices(n: int, seed: int) -> np.ndarray:
+    """Log-uniform speeds and bandwidths over the box: columns s0, s1, s2, B1, B2."""
+    r = np.array(BOX.ranges())
+    return np.exp(np.random.default_rng(seed).uniform(np.log(r[:, 0]), np.log(r[:, 1]), size=(n, len(r))))
+
+
+def main() -> None:
+    t0 = time.perf_counter()
+    graph = build_layer_graph(build_model("resnet_small", InputShape(3, 32, 32, 10)), (3, 32, 32))
+    graph_s = time.perf_counter() - t0
+    cg = cost_graph(graph, Profile(TierSpeeds(1, 1, 1, 1, 1), batch_size=32, private_layers=1))
+    print(f"layer graph: {len(cg.names)} nodes, {graph.number_of_edges()} edges in {graph_s:.2f} s", flush=True)
+
+    t0 = time.perf_counter()
+    cs = build_candidate_set(cg, BOX)
+    preprocess_s = time.perf_counter() - t0
+    print(f"candidate set: {len(cs)} partitions from {cs.mincuts} min cuts in {preprocess_s:.2f} s", flush=True)
+
+    devices = sample_devices(100_000, seed=1)
+    cs.plan(*devices[:1000].T)  # warm-up
+    t0 = time.perf_counter()
+    idx = cs.plan(*devices.T)
+    plan_s = time.perf_counter() - t0
+    assert (idx >= 0).all()
+    devices_per_s = len(devices) / plan_s
+    print(f"planned {len(devices)} devices in {plan_s * 1e3:.1f} ms ({devices_per_s:,.0f} devices/s)", flush=True)
+
+    check = sample_devices(1000, seed=2)
+    check_idx = cs.plan(*check.T)
+    exact = 0
+    cut_s = 0.0
+    worst_rel = 0.0
+    for row, j in zip(check, check_idx, strict=True):
+        speeds = TierSpeeds(row[0], row[1], row[3], row[2], row[4])
+        t0 = time.perf_counter()
+        cut = min_cut(cg, speeds)
+        cut_s += time.perf_counter() - t0
+        best = time_of(cg, cut.x, speeds)
+        mine = time_of(cg, cs.assignments[j], speeds)
+        worst_rel = max(worst_rel, (mine - best) / best)
+        exact += math.isclose(mine, best, rel_tol=1e-9)
+    mincut_ms = cut_s / len(check) * 1e3
+    print(f"checked {len(check)} devices against their own min cut ({mincut_ms:.2f} ms each)", flush=True)
+    result = {
+        "model": "resnet_small",
+        "input": [3, 32, 32],
+        "candidates": len(cs),
+        "graph_s": round(graph_s, 3),
+        "preprocess_s": round(preprocess_s, 3),
+        "preprocess_mincuts": cs.mincuts,
+        "devices": len(devices),
+        "devices_per_s": round(devices_per_s),
+        "exact_fraction": exact / len(check),
+        "worst_relative_excess": worst_rel,
+        "mincut_ms": round(mincut_ms, 3),
+        "speedup_vs_mincut": round(devices_per_s / (1000.0 / mincut_ms), 1),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
