@@ -267,6 +267,15 @@ class MetricsExporter:
         self._edges = {str(x) for x in e.get("edges", ())}
         for edge in self._edges:
             self.edge_devices.labels(edge=edge).set(0)
+        # Series that exist from the start at zero, so the first migration or failure is an increase
+        # that rate() and increase() can see (a series born at 1 shows no change).
+        for policy in ("migrate", "restart"):
+            self.migration_duration.labels(policy=policy)
+            self.migration_bytes.labels(policy=policy)
+            for ok in ("true", "false"):
+                self.migrations.labels(policy=policy, ok=ok)
+        for kind in ("device", "edge", "poisoned_update", "migration"):
+            self.failures.labels(kind=kind)
         self._times(e)
 
     def _round_end(self, e: Mapping) -> None:

@@ -42,6 +42,7 @@ class RunOptions:
     address: str | None = None
     progress: bool = True
     metrics_addr: str | None = None
+    event_sinks: tuple = ()  # extra callables that receive every event (tests, embedding programs)
 
 
 def init_ray(address: str | None) -> None:
@@ -385,7 +386,7 @@ class Orchestrator:
         out = self.options.out_dir
         out.mkdir(parents=True, exist_ok=True)
         exporter = None
-        sinks = []
+        sinks = list(self.options.event_sinks)
         if self.options.metrics_addr:
             from orchestrator.metrics import MetricsExporter
 
@@ -500,7 +501,7 @@ class Orchestrator:
                     duration_s: float) -> dict:
         bytes_round = {link: {"up": 0, "down": 0} for link in LINKS}
         compute = {"device": 0.0, "edge": 0.0, "cloud": 0.0}
-        samples, loss_sum = 0, 0.0
+        samples, finite_samples, loss_sum = 0, 0, 0.0
         for r in reports:
             for k, link in enumerate(LINKS):
                 bytes_round[link]["up"] += r.bytes_up[k]
@@ -508,7 +509,9 @@ class Orchestrator:
             for k, tier in enumerate(compute):
                 compute[tier] += r.compute_s[k]
             samples += r.samples
-            loss_sum += r.loss_sum
+            if r.finite:  # a poisoned device's loss is reported as a failure, not averaged in
+                loss_sum += r.loss_sum
+                finite_samples += r.samples
         for link in LINKS:
             for direction in ("up", "down"):
                 self.bytes_total[link][direction] += bytes_round[link][direction]
@@ -519,7 +522,7 @@ class Orchestrator:
         return {
             "event": "round_end", "round": rnd, "wall_time_s": wall_s, "virtual_time_s": self.virtual_time_s,
             "duration_s": duration_s, "accuracy": accuracy, "loss": loss,
-            "train_loss": loss_sum / max(samples, 1), "bytes": bytes_round, "compute_s": compute,
+            "train_loss": loss_sum / max(finite_samples, 1), "bytes": bytes_round, "compute_s": compute,
             "devices_per_edge": per_edge, "devices_per_ring": {},
             "splits": {d: self.splits[d].counts() + [0] * (3 - self.splits[d].n_tiers) for d in sorted(self.splits)},
             "samples": samples, "failures": sum(1 for r in reports if not r.finite),
