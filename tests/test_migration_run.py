@@ -100,8 +100,7 @@ class SendGarbageFirst(Orchestrator):
 
 
 def test_garbage_and_unauthenticated_messages_are_rejected(unmoved, tmp_path):
-    orchestrator_cls = SendGarbageFirst
-    out = run(scenario(tmp_path, moving=True), tmp_path / "out", orchestrator_cls)
+    out = run(scenario(tmp_path, moving=True), tmp_path / "out", SendGarbageFirst)
     assert out["migrations"] == 1
     assert_same_weights(out["state"], unmoved["state"])
 
