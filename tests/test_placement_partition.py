@@ -16,7 +16,7 @@ from placement.graph import build_layer_graph, model_flops
 from placement.partition import brute_force, partition
 from tiers.models import InputShape, build_model
 
-SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
