@@ -13,6 +13,8 @@ via ``scipy.spatial.HalfspaceIntersection``, in coordinates normalised to the bo
 exact min cut at each vertex not yet verified, adds any partition that beats h there, and repeats
 until a full pass adds nothing. The comparison uses a relative tolerance of 1e-9 (the min cut is
 exact to about 1e-11), so a candidate plan is within 1e-9 of the optimum everywhere in the box.
+Regions whose inscribed ball has radius under 1e-13 (normalised units) count as lower-dimensional:
+the closures of the full-dimensional regions already cover the box, so their vertices suffice.
 Outside the box, or when a device memory limit rules out the envelope's choice, :meth:`plan`
 returns -1 and :meth:`plans` falls back to a per-device min cut.
 """
