@@ -48,7 +48,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plans = plan_all(scenario, layer_graph(scenario, shape), {d.name: d.edge for d in scenario.devices})
     k = None if scenario.policy.rings in ("off", "auto") else int(scenario.policy.rings)
     rings = form_rings({d: p.round_time_s for d, p in plans.items()}, k)
-    ring_of = {d: i for i, ring in enumerate(rings) for d in ring}
+    ring_of = {d: i for i, ring in enumerate(rings) for d in ring.members}
     rows = []
     for d, p in plans.items():
         counts = p.key.counts() + [0] * (3 - p.key.n_tiers)

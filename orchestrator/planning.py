@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import networkx as nx
 
 from orchestrator.scenario import DeviceSpec, Scenario
-from placement.cost import TierProfile
+from placement.cost import Profile, TierSpeeds, round_time_s
 from placement.graph import build_layer_graph
 from placement.partition import partition
 from tiers.models import InputShape, build_model
@@ -32,23 +32,22 @@ def layer_graph(scenario: Scenario, shape: InputShape) -> nx.DiGraph:
     return build_layer_graph(model, (shape.channels, shape.height, shape.width), batch_size=8)
 
 
-def profile_for(scenario: Scenario, device: DeviceSpec, edge_name: str) -> TierProfile:
+def profile_for(scenario: Scenario, device: DeviceSpec, edge_name: str) -> Profile:
     edge = scenario.edge(edge_name)
-    return TierProfile(
-        flops_per_s=(device.flops_per_s, edge.flops_per_s, scenario.cloud.flops_per_s),
-        bandwidth_bps=(device.bandwidth_mbps * 1e6, edge.cloud_bandwidth_mbps * 1e6),
-        batch_size=scenario.training.batch_size,
-        device_memory_bytes=device.memory_mb * 2**20,
-    )
+    speeds = TierSpeeds(device.flops_per_s, edge.flops_per_s, device.bandwidth_mbps * 1e6,
+                        scenario.cloud.flops_per_s, edge.cloud_bandwidth_mbps * 1e6)
+    return Profile(speeds, batch_size=scenario.training.batch_size,
+                   steps_per_round=scenario.training.local_steps * scenario.aggregation.cloud_every,
+                   device_memory_bytes=device.memory_mb * 2**20)
 
 
 def plan_device(scenario: Scenario, graph: nx.DiGraph, device: DeviceSpec, edge_name: str) -> DevicePlan:
     """The exact best split for one device connected to ``edge_name`` (three ordered tiers)."""
-    plan = partition(graph, profile_for(scenario, device, edge_name))
+    profile = profile_for(scenario, device, edge_name)
+    plan = partition(graph, profile)
     # Tiers above the highest one used are left out, so the loss sits with the last layer.
     key = SplitKey.of(plan.assignment, max(plan.assignment.values()) + 1)
-    steps = scenario.training.local_steps * scenario.aggregation.cloud_every
-    return DevicePlan(device.name, edge_name, key, plan.batch_time_s, plan.batch_time_s * steps)
+    return DevicePlan(device.name, edge_name, key, plan.batch_time_s, round_time_s(graph, plan.assignment, profile))
 
 
 def plan_all(scenario: Scenario, graph: nx.DiGraph, edge_of: dict[str, str]) -> dict[str, DevicePlan]:

@@ -440,8 +440,6 @@ class Orchestrator:
                     self.global_state = self.aggregation.global_model(sums)
                     self.push(self.global_state, sorted(self.edge_of))
             accuracy, loss = self.evaluate()
-            if self.graph is not None:
-                self.replan()
             now = time.perf_counter()
             wall_round = now - wall_prev
             wall_prev = now
@@ -449,6 +447,8 @@ class Orchestrator:
             event = self.round_event(rnd, reports, accuracy, loss, now - t_start,
                                      virtual_round if sc.execution.time == "emulated" else wall_round)
             log.emit(event)
+            if self.graph is not None:
+                self.replan()  # after the event, which reports the splits this round trained
             if time_to_target is None and accuracy >= sc.training.target_accuracy:
                 time_to_target = {"virtual_time_s": self.virtual_time_s, "wall_time_s": now - t_start, "round": rnd}
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}", train_loss=f"{event['train_loss']:.3f}")

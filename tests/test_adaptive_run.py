@@ -1,0 +1,44 @@
+"""Adaptive placement in a real run: the planner's splits are the ones trained, and a handover re-plans."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_migration_run import TRACE
+
+from orchestrator.planning import layer_graph, plan_all
+from orchestrator.runner import RunOptions, run_scenario
+from orchestrator.scenario import parse_scenario
+from orchestrator.world import load_dataset
+
+pytestmark = pytest.mark.ray
+
+
+def test_adaptive_placement_trains_the_planned_splits_and_replans_on_handover(ray_session, tmp_path):
+    trace = tmp_path / "trace.csv"
+    trace.write_text(TRACE)
+    sc = parse_scenario({
+        "name": "adaptive",
+        "cloud": {"flops_per_s": 1e9},  # a slow cloud and fast edge e0: work stays near the device
+        "edges": [{"name": "e0", "position": [0, 0], "radius_m": 1200, "flops_per_s": 1e12},
+                  {"name": "e1", "position": [1000, 0], "radius_m": 600, "flops_per_s": 1e7}],
+        "devices": [{"name": "d0", "position": [50, 0], "flops_per_s": 1e8, "bandwidth_mbps": 1000},
+                    {"name": "d1", "position": [60, 0], "flops_per_s": 5e11, "bandwidth_mbps": 1}],
+        "model": {"name": "vgg5"},
+        "training": {"rounds": 2, "local_steps": 6, "batch_size": 16},
+        "mobility": {"model": "trace", "trace": str(trace), "round_duration_s": 100, "check_every_steps": 2},
+        "policy": {"placement": "adaptive"},
+    }, "adaptive.yaml")
+    plans = plan_all(sc, layer_graph(sc, load_dataset(sc).shape), {"d0": "e0", "d1": "e0"})
+    summary = run_scenario(sc, RunOptions(out_dir=tmp_path / "out", progress=False))
+    events = [json.loads(x) for x in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    first = next(e for e in events if e["event"] == "round_end")
+    for d in ("d0", "d1"):
+        assert first["splits"][d] == plans[d].key.counts() + [0] * (3 - plans[d].key.n_tiers)
+    assert plans["d0"].key.counts()[0] < plans["d1"].key.counts()[0]  # the slow device offloads more
+    replans = [e for e in events if e["event"] == "replan"]
+    assert replans and replans[0]["changed"] == 1  # d0 moved under the slow edge e1: its plan changed
+    last = [e for e in events if e["event"] == "round_end"][-1]
+    assert last["splits"]["d0"] != first["splits"]["d0"]
+    assert summary["migrations"] == 1
