@@ -84,6 +84,7 @@ class Orchestrator:
         self.period = 0
         self.mobility_t = 0.0
         self.graph = None
+        self.measured_flops: dict[str, float] = {}
         if scenario.policy.placement == "adaptive":
             from orchestrator.planning import layer_graph, plan_all
 
@@ -263,20 +264,40 @@ class Orchestrator:
         ray.get(self._open_device(device_id, self.splits[device_id], state))
         return MoveResult(True, 0, time.perf_counter() - t0, 0.0, restarted_steps=1)
 
+    def measure_speeds(self, reports: list[TrainReport]) -> None:
+        """Real time only: each device's FLOP/s as measured this round, smoothed (EWMA, 1/2).
+
+        In emulated time a device's speed is its profile by construction, so there is nothing to
+        measure; there re-planning follows handovers (and the resource traces of the scenario).
+        """
+        from orchestrator.planning import device_flops_per_step
+
+        if self.scenario.execution.time != "real":
+            return
+        for r in reports:
+            flops = device_flops_per_step(self.graph, self.splits[r.device_id], self.scenario.training.batch_size)
+            if flops <= 0 or r.compute_s[0] <= 0:
+                continue
+            measured = flops * r.steps / r.compute_s[0]
+            old = self.measured_flops.get(r.device_id)
+            self.measured_flops[r.device_id] = measured if old is None else 0.5 * (old + measured)
+
     def replan(self) -> None:
-        """Adaptive placement: re-plan devices whose edge changed; re-open the ones whose split moved.
+        """Adaptive placement: re-plan devices whose edge changed or whose measured speed drifted;
+        re-open the ones whose split moved.
 
         A device whose split changes starts its new stages from the global model it just received;
         its optimizer state for the moved layers starts afresh (the layers now live elsewhere).
         """
-        from orchestrator.planning import plan_device
+        from orchestrator.planning import drifted, plan_device
 
         changed = []
         for d, plan in list(self.plans.items()):
             edge = self.session_at[d]
-            if plan.edge == edge:
+            speed = self.measured_flops.get(d)
+            if plan.edge == edge and (speed is None or not drifted(plan.device_flops_per_s, speed)):
                 continue
-            new = plan_device(self.scenario, self.graph, self.devices[d], edge)
+            new = plan_device(self.scenario, self.graph, self.devices[d], edge, speed)
             self.plans[d] = new
             if new.key != self.splits[d]:
                 changed.append(d)
@@ -448,6 +469,7 @@ class Orchestrator:
                                      virtual_round if sc.execution.time == "emulated" else wall_round)
             log.emit(event)
             if self.graph is not None:
+                self.measure_speeds(reports)
                 self.replan()  # after the event, which reports the splits this round trained
             if time_to_target is None and accuracy >= sc.training.target_accuracy:
                 time_to_target = {"virtual_time_s": self.virtual_time_s, "wall_time_s": now - t_start, "round": rnd}

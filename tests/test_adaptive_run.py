@@ -42,3 +42,24 @@ def test_adaptive_placement_trains_the_planned_splits_and_replans_on_handover(ra
     last = [e for e in events if e["event"] == "round_end"][-1]
     assert last["splits"]["d0"] != first["splits"]["d0"]
     assert summary["migrations"] == 1
+
+
+def test_real_time_replans_when_the_measured_device_speed_drifts(ray_session, tmp_path):
+    # The device claims 1e13 FLOP/s, so the first plan keeps every layer on it; this host measures
+    # far less, so after round 1 the planner is asked again and offloads to the (claimed fast) edge.
+    sc = parse_scenario({
+        "name": "drift",
+        "cloud": {"flops_per_s": 1e9},
+        "edges": [{"name": "e0", "position": [0, 0], "radius_m": 500, "flops_per_s": 1e12}],
+        "devices": [{"name": "d0", "position": [0, 0], "flops_per_s": 1e13, "bandwidth_mbps": 1000}],
+        "model": {"name": "vgg5"},
+        "training": {"rounds": 2, "local_steps": 4, "batch_size": 16},
+        "policy": {"placement": "adaptive"},
+        "execution": {"time": "real"},
+    }, "drift.yaml")
+    run_scenario(sc, RunOptions(out_dir=tmp_path, progress=False))
+    events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    rounds = [e for e in events if e["event"] == "round_end"]
+    assert rounds[0]["splits"]["d0"][0] == 12
+    assert next(e for e in events if e["event"] == "replan")["changed"] == 1
+    assert rounds[1]["splits"]["d0"][0] < 12
