@@ -18,7 +18,7 @@ class MoveResult:
     bytes_: int
     duration_s: float  # wall seconds the move took on this machine
     virtual_s: float  # what it costs the device in the run's clock
-    restarted_steps: int = 0
+    restarted: bool = False  # the device's period starts over
     error: str = ""
 
 

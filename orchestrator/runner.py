@@ -79,7 +79,7 @@ class Orchestrator:
         self.migration_key = secrets.token_bytes(32)
         self.last_pushed: dict[str, dict[str, np.ndarray]] = {}
         self.counters = {"handovers": 0, "migrations": 0, "migration_bytes": 0, "migration_time_s": 0.0,
-                         "failed_migrations": 0, "restarted_steps": 0}
+                         "failed_migrations": 0, "restarts": 0}
         self.round = 0
         self.period = 0
         self.mobility_t = 0.0
@@ -224,13 +224,14 @@ class Orchestrator:
                        "device": d, "from_edge": src, "to_edge": h.to_edge, "policy": self.handover.name,
                        "bytes": result.bytes_, "duration_s": result.duration_s, "ok": result.ok})
         if result.ok:
-            self.counters["migrations"] += 1
-            self.counters["migration_bytes"] += result.bytes_
-            self.counters["migration_time_s"] += result.duration_s
             extra_s[d] = extra_s.get(d, 0.0) + result.virtual_s
-            if result.restarted_steps:
-                self.counters["restarted_steps"] += result.restarted_steps
+            if result.restarted:
+                self.counters["restarts"] += 1
                 remaining[d] = self.scenario.training.local_steps
+            else:
+                self.counters["migrations"] += 1
+                self.counters["migration_bytes"] += result.bytes_
+                self.counters["migration_time_s"] += result.duration_s
             return
         self.counters["failed_migrations"] += 1
         self.log.emit({"event": "failure", "round": self.round, "virtual_time_s": self.virtual_time_s,
@@ -262,7 +263,7 @@ class Orchestrator:
         ray.get(self.edges[src].close_session.remote(device_id))
         self.session_at[device_id] = dst
         ray.get(self._open_device(device_id, self.splits[device_id], state))
-        return MoveResult(True, 0, time.perf_counter() - t0, 0.0, restarted_steps=1)
+        return MoveResult(True, 0, time.perf_counter() - t0, 0.0, restarted=True)
 
     def measure_speeds(self, reports: list[TrainReport]) -> None:
         """Real time only: each device's FLOP/s as measured this round, smoothed (EWMA, 1/2).
@@ -500,7 +501,7 @@ class Orchestrator:
             "migration_bytes": self.counters["migration_bytes"],
             "migration_time_s": self.counters["migration_time_s"],
             "failed_migrations": self.counters["failed_migrations"],
-            "restarts": self.counters["restarted_steps"] if self.handover.name == "restart" else 0,
+            "restarts": self.counters["restarts"],
         }
         log.emit({"event": "run_end", "wall_time_s": wall, "virtual_time_s": self.virtual_time_s,
                   "final_accuracy": accuracy, "rounds": sc.training.rounds})
