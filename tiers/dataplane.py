@@ -1,15 +1,15 @@
 """The per-step data plane: activations up, gradients down, over pyzmq instead of Ray calls.
 
 A Ray actor call costs ~2.8 ms round trip on this machine; one training step of a small model
-costs less than that, so steps travel as pyzmq messages (a JSON header plus raw array frames,
-never pickle) between the device hosts and the edge servers (and edge to cloud). Control (sessions,
-aggregation, migration) stays on Ray. Each message carries the run's token; a message without it,
-or one that does not decode, is answered with an error and touches no session.
+costs less than that, so steps travel as pyzmq messages between the device hosts and the edge
+servers (and edge to cloud), in the project's one wire format (migration/wire.py: a JSON header
+plus raw array frames, never pickle). Control (sessions, aggregation, migration) stays on Ray.
+Each message carries the run's token; a message without it, or one that does not decode, is
+answered with an error and touches no session.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -17,12 +17,13 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import zmq
 
+from migration.errors import WireError
+from migration.wire import decode_state, encode_state
+
 log = logging.getLogger(__name__)
 
-ALLOWED_DTYPES = {"<f4", "<f8", "<f2", "<i8", "<i4", "<i2", "|i1", "|u1", "|b1", "<u2", "<u4", "<u8"}
-MAX_HEADER_BYTES = 1 << 16
-
 Handler = Callable[[dict, dict[str, np.ndarray]], tuple[dict, dict[str, np.ndarray]]]
+_ONE_FRAME = 1 << 62  # activations are small: one frame per array, no chunking
 
 
 class DataPlaneError(RuntimeError):
@@ -30,45 +31,15 @@ class DataPlaneError(RuntimeError):
 
 
 def encode(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> list:
-    specs = []
-    frames: list = []
-    for name, arr in arrays.items():
-        arr = np.ascontiguousarray(arr).reshape(np.shape(arr))  # ascontiguousarray makes 0-d arrays 1-d
-        specs.append({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape)})
-        frames.append(memoryview(arr).cast("B") if arr.nbytes else b"")
-    return [json.dumps({"meta": dict(meta), "arrays": specs}).encode(), *frames]
+    """The project's one wire format (migration/wire.py), one frame per array."""
+    return encode_state(meta, arrays, chunk_bytes=_ONE_FRAME)
 
 
 def decode(frames: list) -> tuple[dict, dict[str, np.ndarray]]:
-    """Strict: the header must be JSON we expect, and every array must match its declared size."""
-    if not frames:
-        raise DataPlaneError("empty message")
-    head = bytes(frames[0].buffer if hasattr(frames[0], "buffer") else frames[0])
-    if len(head) > MAX_HEADER_BYTES:
-        raise DataPlaneError("header too large")
     try:
-        header = json.loads(head)
-        meta, specs = header["meta"], header["arrays"]
-        if not isinstance(meta, dict) or not isinstance(specs, list):
-            raise TypeError("bad header types")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataPlaneError(f"malformed header: {exc}") from exc
-    if len(specs) != len(frames) - 1:
-        raise DataPlaneError(f"header names {len(specs)} arrays, message has {len(frames) - 1}")
-    arrays = {}
-    for spec, frame in zip(specs, frames[1:], strict=True):
-        try:
-            name, dtype, shape = str(spec["name"]), spec["dtype"], tuple(int(s) for s in spec["shape"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataPlaneError(f"malformed array spec: {exc}") from exc
-        if dtype not in ALLOWED_DTYPES or any(s < 0 for s in shape):
-            raise DataPlaneError(f"array {name!r}: refused dtype {dtype!r} or shape {shape}")
-        buf = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
-        expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        if len(buf) != expected:
-            raise DataPlaneError(f"array {name!r}: {len(buf)} bytes, expected {expected}")
-        arrays[name] = np.frombuffer(buf, dtype=dtype).reshape(shape)
-    return meta, arrays
+        return decode_state(frames)
+    except WireError as exc:
+        raise DataPlaneError(str(exc)) from exc
 
 
 class DataPlaneServer:
