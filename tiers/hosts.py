@@ -45,14 +45,16 @@ class UpperReply:
 
 
 def _reply_to_wire(reply: UpperReply) -> tuple[dict, dict[str, np.ndarray]]:
-    meta = {"loss": reply.loss, "correct": reply.correct, "compute_s": list(reply.compute_s),
+    meta = {"correct": reply.correct, "compute_s": list(reply.compute_s),
             "bytes_up": list(reply.bytes_up), "bytes_down": list(reply.bytes_down), "n": len(reply.grads)}
-    return meta, {f"g{i}": g for i, g in enumerate(reply.grads)}
+    arrays = {f"g{i}": g for i, g in enumerate(reply.grads)}
+    arrays["loss"] = np.array(reply.loss)  # an array, not JSON: a poisoned step's loss is NaN
+    return meta, arrays
 
 
 def _reply_from_wire(meta: dict, arrays: dict[str, np.ndarray]) -> UpperReply:
     grads = [arrays[f"g{i}"] for i in range(int(meta["n"]))]
-    return UpperReply(grads, float(meta["loss"]), int(meta["correct"]), tuple(meta["compute_s"]),
+    return UpperReply(grads, float(arrays["loss"]), int(meta["correct"]), tuple(meta["compute_s"]),
                       tuple(meta["bytes_up"]), tuple(meta["bytes_down"]))
 
 
