@@ -42,7 +42,7 @@ def test_round_trip_is_exact(receiver):
 def test_wrong_key_is_rejected_and_receiver_keeps_working(receiver):
     with pytest.raises(MigrationError, match="no answer"):
         send_state(receiver.endpoint, b"x" * 32, "d0", {}, {"w": np.ones(3)}, timeout_s=0.5)
-    assert receiver.rejected == 1 and "d0" not in receiver.got
+    assert receiver.rejected >= 1 and receiver.accepted == 0 and "d0" not in receiver.got
     send_state(receiver.endpoint, KEY, "d1", {}, {"w": np.ones(3)})
     assert "d1" in receiver.got
 
