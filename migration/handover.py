@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from migration.errors import MobilityInputError
+
 
 @dataclass(frozen=True)
 class EdgeSite:
@@ -35,6 +37,10 @@ class HandoverDetector:
                  initial: Mapping[str, str | None] | None = None):
         self.edges = list(edges)
         self.hysteresis_m = float(hysteresis_m)
+        if not (math.isfinite(self.hysteresis_m) and self.hysteresis_m >= 0):
+            raise MobilityInputError(f"mobility.hysteresis_m: expected a finite number >= 0, got {hysteresis_m}")
+        if len({e.name for e in self.edges}) != len(self.edges):
+            raise MobilityInputError("edges: names must be unique")
         names = {e.name for e in self.edges}
         self.current: dict[str, str | None] = {d: (e if e in names else None) for d, e in (initial or {}).items()}
 
@@ -51,7 +57,7 @@ class HandoverDetector:
 
     def update(self, t_s: float, positions: Mapping[str, tuple[float, float]]) -> list[Handover]:
         events = []
-        for device in sorted(positions):
+        for device in sorted(positions):  # a device seen for the first time attaches without an event
             new = self.choose(device, positions[device])
             old = self.current.get(device)
             if device not in self.current:
@@ -65,6 +71,8 @@ class HandoverDetector:
 
 def handovers_between(mobility, detector: HandoverDetector, t0_s: float, t1_s: float, dt_s: float) -> list[Handover]:
     """Sample positions every ``dt_s`` from t0 to t1 inclusive and collect the handovers."""
+    if not dt_s > 0:
+        raise ValueError(f"dt_s: expected a positive step, got {dt_s}")
     events = []
     steps = int(math.floor((t1_s - t0_s) / dt_s + 1e-9))
     for i in range(steps + 1):

@@ -48,8 +48,10 @@ class _Path:
 class RandomWaypoint:
     """Each device picks a uniform point in the area, walks to it at a uniform speed, pauses, repeats.
 
-    Legs are drawn lazily from each device's own RNG, so positions(t) is the same whatever order
-    or times it is asked at.
+    Device i (its index in ``device_ids``) draws from ``np.random.default_rng([seed, i])``: its start
+    x, y (unless ``start`` gives it), then per leg target x, target y and speed. Legs are drawn
+    lazily from each device's own RNG, so positions(t) is the same whatever order or times it is
+    asked at.
     """
 
     def __init__(self, device_ids: Sequence[str], area_m: Point, speed_mps: Point, pause_s: float, seed: int,
@@ -58,6 +60,10 @@ class RandomWaypoint:
             raise MobilityInputError(f"mobility.area_m: expected two positive sizes, got {area_m}")
         if not (0 < speed_mps[0] <= speed_mps[1]):
             raise MobilityInputError(f"mobility.speed_mps: expected 0 < low <= high, got {speed_mps}")
+        if not (math.isfinite(pause_s) and pause_s >= 0):
+            raise MobilityInputError(f"mobility.pause_s: expected a finite number >= 0, got {pause_s}")
+        if len(set(device_ids)) != len(device_ids):
+            raise MobilityInputError("mobility: device ids must be unique")
         self.area, self.speed, self.pause = area_m, speed_mps, float(pause_s)
         self._rngs, self._paths = {}, {}
         for i, d in enumerate(device_ids):
@@ -80,6 +86,8 @@ class RandomWaypoint:
                 path.points.append(target)
 
     def positions(self, t_s: float) -> dict[str, Point]:
+        if not math.isfinite(t_s):
+            raise ValueError(f"t_s: expected a finite time, got {t_s}")
         out = {}
         for d in self._paths:
             self._extend(d, t_s)
