@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from test_mobility import waypoint_oracle
 
 from migration.errors import MobilityInputError
-from migration.handover import EdgeSite, HandoverDetector, handovers_between
+from migration.handover import EdgeSite, Handover, HandoverDetector, handovers_between
 from migration.mobility import RandomWaypoint, TraceMobility
 
 A = EdgeSite("a", 0, 0, 600)
@@ -44,32 +45,48 @@ def test_out_of_coverage_disconnects_then_reconnects(tmp_path):
     assert [(h.t_s, h.from_edge, h.to_edge) for h in events] == [(7, "a", None), (14, None, "a")]
 
 
-def test_random_waypoint_matches_an_independent_recomputation():
-    rw = RandomWaypoint(["d0", "d1"], area_m=(1000, 1000), speed_mps=(5, 15), pause_s=3, seed=7,
-                        start={"d0": (0, 0), "d1": (1000, 0)})
-    later = rw.positions(500.0)
-    again = RandomWaypoint(["d0", "d1"], area_m=(1000, 1000), speed_mps=(5, 15), pause_s=3, seed=7,
-                           start={"d0": (0, 0), "d1": (1000, 0)})
-    samples = [again.positions(t) for t in range(0, 501, 1)]  # asked in another order: same answer
-    assert samples[-1] == later
-    for a, b in zip(samples, samples[1:], strict=False):  # never faster than the top speed
-        for d in a:
-            assert math.dist(a[d], b[d]) <= 15 + 1e-9
-    det1, det2 = HandoverDetector([A, B], 20, {"d0": "a", "d1": "b"}), HandoverDetector([A, B], 20,
-                                                                                       {"d0": "a", "d1": "b"})
-    by_helper = handovers_between(rw, det1, 0, 500, 1)
-    by_hand = [h for t in range(0, 501) for h in det2.update(t, samples[t])]
-    assert by_helper == by_hand
+def brute_force_edge(edges, hysteresis, current, p):
+    """The rule, written plainly: every covering edge, then the current one kept unless beaten by > h."""
+    covering = [(math.hypot(e.x - p[0], e.y - p[1]), e.name) for e in edges
+                if math.hypot(e.x - p[0], e.y - p[1]) <= e.radius_m]
+    if not covering:
+        return None
+    best = min(covering)
+    mine = [d for d, n in covering if n == current]
+    return current if mine and mine[0] - best[0] <= hysteresis else best[1]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("t,device,x,y\n", ":1: expected the header"),
-    ("time_s,device,x,y\n0,d,1,oops\n", ":2: expected numbers"),
-    ("time_s,device,x,y\n5,d,1,1\n4,d,1,1\n", ":3: time_s 4.0 goes back"),
-    ("time_s,device,x,y\n5,d,1\n", ":2: expected 4 fields"),
-])
-def test_bad_trace_files_name_the_line(tmp_path, text, message):
-    p = tmp_path / "bad.csv"
-    p.write_text(text)
-    with pytest.raises(MobilityInputError, match=message):
-        TraceMobility.from_csv(p)
+def test_random_waypoint_handovers_match_a_brute_force_recomputation():
+    edges = [EdgeSite("a", 200, 200, 260), EdgeSite("b", 600, 200, 260), EdgeSite("c", 400, 450, 200)]
+    area, speed, pause, seed = (800.0, 600.0), (3.0, 12.0), 2.0, 5
+    ids = [f"d{i}" for i in range(6)]
+    rw = RandomWaypoint(ids, area_m=area, speed_mps=speed, pause_s=pause, seed=seed)
+    first = rw.positions(0.0)
+    current = {d: brute_force_edge(edges, 0, None, first[d]) for d in ids}
+    detector = HandoverDetector(edges, 25, dict(current))
+    got = handovers_between(rw, detector, 0, 600, 0.5)
+
+    want = []
+    for k in range(1201):
+        t = k * 0.5
+        for i, d in enumerate(ids):
+            new = brute_force_edge(edges, 25, current[d], waypoint_oracle(seed, i, None, area, speed, pause, t))
+            if new != current[d]:
+                want.append(Handover(t, d, current[d], new))
+                current[d] = new
+    want.sort(key=lambda h: (h.t_s, h.device))
+    assert len(want) > 20 and any(h.to_edge is None for h in want)  # the walk exercises every case
+    assert got == want
+
+
+def test_first_sight_attaches_without_an_event_and_dead_edges_reconnect():
+    det = HandoverDetector([A, B], 0, {"gone": "zzz"})
+    assert det.update(0, {"new": (10, 0)}) == []
+    assert det.current["new"] == "a"
+    assert det.update(1, {"gone": (990, 0)}) == [Handover(1, "gone", None, "b")]
+
+
+@pytest.mark.parametrize("h", [-1, math.nan])
+def test_bad_hysteresis_is_refused(h):
+    with pytest.raises(MobilityInputError, match="hysteresis_m"):
+        HandoverDetector([A, B], h)
