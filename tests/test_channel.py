@@ -87,3 +87,93 @@ def test_fuzz_random_frames_never_accepted(frames):
         assert r.rejected == 1 and r.accepted == 0
     finally:
         r.close()
+
+
+def _capture(arrays, chunk_bytes=2**20):
+    """The messages send_state emits, caught by a raw ROUTER that never answers."""
+    trap = zmq.Context.instance().socket(zmq.ROUTER)
+    trap.linger = 0
+    endpoint = f"tcp://127.0.0.1:{trap.bind_to_random_port('tcp://127.0.0.1')}"
+    with pytest.raises(MigrationError, match="no answer"):
+        send_state(endpoint, KEY, "cap", {"step": 1}, arrays, timeout_s=0.5, chunk_bytes=chunk_bytes)
+    messages = []
+    while trap.poll(200):
+        messages.append(trap.recv_multipart()[1:])
+    trap.close(0)
+    return messages
+
+
+def _replay(endpoint, messages, wait_s=3.0):
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(endpoint)
+    for m in messages:
+        sock.send_multipart(m)
+    reply = sock.recv_multipart() if sock.poll(int(wait_s * 1000)) else None
+    sock.close(0)
+    return reply
+
+
+def test_multi_chunk_state_arrives_exactly(receiver):
+    w = np.random.default_rng(1).integers(0, 2**31, (1000, 1100), dtype=np.int64)  # ~8.4 MiB, 9 chunks
+    stats = send_state(receiver.endpoint, KEY, "big", {}, {"w": w, "e": np.zeros((0, 3))}, chunk_bytes=2**20)
+    assert stats.chunks == 9 and stats.bytes_ == w.nbytes
+    np.testing.assert_array_equal(receiver.got["big"][1]["w"], w)
+
+
+def test_replayed_transfer_is_refused(receiver):
+    messages = _capture({"w": np.arange(300_000, dtype=np.float32)})
+    assert [m[0] for m in messages] == [b"B", b"D", b"E"] and len(messages[1]) == 4  # 2 chunks per DATA
+    assert _replay(receiver.endpoint, messages)[1] == b"ACK"
+    receiver.got.clear()
+    before = receiver.rejected
+    assert _replay(receiver.endpoint, messages, wait_s=0.5) is None
+    assert receiver.rejected > before and not receiver.got
+
+
+def test_altered_chunk_is_caught_by_the_mac(receiver):
+    messages = _capture({"w": np.arange(300_000, dtype=np.float32)})
+    chunk = bytearray(messages[1][2])
+    chunk[100] ^= 1
+    messages[1][2] = bytes(chunk)
+    assert _replay(receiver.endpoint, messages, wait_s=0.5) is None
+    assert receiver.rejected == 1 and not receiver.got and receiver.accepted == 0
+
+
+def test_a_transfer_whose_sender_dies_halfway_is_dropped():
+    r = MigrationReceiver(KEY, lambda *a: None, stale_s=0.2)
+    try:
+        messages = _capture({"w": np.arange(300_000, dtype=np.float32)})
+        assert _replay(r.endpoint, messages[:2], wait_s=0.1) is None  # BEGIN and one DATA, then silence
+        deadline = time.monotonic() + 5
+        while r._inbound and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not r._inbound
+    finally:
+        r.close()
+
+
+def test_the_receiver_binds_where_asked():
+    with MigrationReceiver(KEY, lambda *a: None, bind="tcp://127.0.0.1:*") as r:
+        assert r.endpoint.startswith("tcp://127.0.0.1:")
+        send_state(r.endpoint, KEY, "s", {}, {"a": np.ones(2)})
+        assert r.accepted == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=64), st.sampled_from([b"B", b"D", b"E", b"\x00" * 16])),
+                min_size=1, max_size=6))
+def test_fuzz_envelopes_with_real_kinds_are_never_accepted(frames):
+    r = MigrationReceiver(KEY, lambda *a: (_ for _ in ()).throw(AssertionError("accepted garbage")))
+    try:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(r.endpoint)
+        sock.send_multipart(frames)
+        deadline = time.monotonic() + 2
+        while r.rejected < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sock.close(0)
+        assert r.rejected == 1 and r.accepted == 0 and not r._inbound
+    finally:
+        r.close()
