@@ -25,6 +25,7 @@ from orchestrator.clock import LinkRates, device_round_time, host_flops_per_s, r
 from orchestrator.events import EventLog
 from orchestrator.handover_policies import HANDOVER_POLICIES, MoveResult
 from orchestrator.mobility import build_detector, build_mobility, edge_to_edge_bps
+from orchestrator.rounds import round_policy_for
 from orchestrator.scenario import Scenario
 from orchestrator.world import World, build_world
 from tiers.actors import CloudActor, DeviceHostActor, EdgeActor, actor_options
@@ -68,6 +69,7 @@ class Orchestrator:
         self.world: World = build_world(scenario)
         self.shape = self.world.dataset.shape
         self.aggregation = AGGREGATIONS[scenario.aggregation.schedule]()
+        self.round_policy = round_policy_for(scenario.policy.rings)
         self.global_state = dict(self.world.initial_state)
         self.splits: dict[str, SplitKey] = dict(self.world.splits)
         # Where each device is connected now (None: out of coverage), and which edge holds its session.
@@ -390,7 +392,17 @@ class Orchestrator:
         stage = self.factory.stage(self.splits[device_id], 0)
         return sum(t.numel() * t.element_size() for t in stage.module.state_dict().values())
 
-    def round_clock(self, reports: list[TrainReport], extra_s: dict[str, float] | None = None) -> float:
+    def healthy(self, reports: list[TrainReport]) -> set[str]:
+        """Devices whose update may be aggregated; a non-finite one is a failure, logged by id."""
+        for r in reports:
+            if not r.finite:
+                self.log.emit({"event": "failure", "round": self.round, "virtual_time_s": self.virtual_time_s,
+                               "kind": "poisoned_update", "entity": r.device_id,
+                               "detail": "non-finite loss or weights; update left out of aggregation"})
+        return {r.device_id for r in reports if r.finite}
+
+    def round_clock(self, reports: list[TrainReport], extra_s: dict[str, float] | None = None,
+                    offset_s: float = 0.0) -> float:
         sc = self.scenario
         times = []
         for r in reports:
@@ -440,34 +452,15 @@ class Orchestrator:
         wall_prev = time.perf_counter()
         for rnd in range(1, sc.training.rounds + 1):
             self.round = rnd
-            reports: list[TrainReport] = []
-            virtual_round = 0.0
-            for period in range(sc.aggregation.cloud_every):
-                self.period = period
-                period_reports, extra_s = self.run_period(virtual_round)
-                reports.extend(period_reports)
-                virtual_round += self.round_clock(period_reports, extra_s)
-                for r in period_reports:
-                    if not r.finite:
-                        log.emit({"event": "failure", "round": rnd, "virtual_time_s": self.virtual_time_s,
-                                  "kind": "poisoned_update", "entity": r.device_id,
-                                  "detail": "non-finite loss or weights; update left out of aggregation"})
-                healthy = {r.device_id for r in period_reports if r.finite}
-                groups = self.aggregation.groups({d: e for d, e in self.session_at.items() if d in healthy})
-                sums = self.partial_sums(groups)
-                if period < sc.aggregation.cloud_every - 1:
-                    for edge, state in self.aggregation.edge_models(sums).items():
-                        self.push(state, groups[edge])
-                else:
-                    self.global_state = self.aggregation.global_model(sums)
-                    self.push(self.global_state, sorted(self.edge_of))
+            result = self.round_policy.run_round(self)
+            reports, virtual_round = result.reports, result.virtual_s
             accuracy, loss = self.evaluate()
             now = time.perf_counter()
             wall_round = now - wall_prev
             wall_prev = now
             self.virtual_time_s += virtual_round if sc.execution.time == "emulated" else wall_round
             event = self.round_event(rnd, reports, accuracy, loss, now - t_start,
-                                     virtual_round if sc.execution.time == "emulated" else wall_round)
+                                     virtual_round if sc.execution.time == "emulated" else wall_round, result.rings)
             log.emit(event)
             if self.graph is not None:
                 self.measure_speeds(reports)
@@ -521,7 +514,7 @@ class Orchestrator:
         return f"{p.placement}+rings={p.rings}+{p.handover}+{self.aggregation.name}"
 
     def round_event(self, rnd: int, reports: list[TrainReport], accuracy: float, loss: float, wall_s: float,
-                    duration_s: float) -> dict:
+                    duration_s: float, rings: dict[str, list[str]] | None = None) -> dict:
         bytes_round = {link: {"up": 0, "down": 0} for link in LINKS}
         compute = {"device": 0.0, "edge": 0.0, "cloud": 0.0}
         samples, finite_samples, loss_sum = 0, 0, 0.0
@@ -546,7 +539,7 @@ class Orchestrator:
             "event": "round_end", "round": rnd, "wall_time_s": wall_s, "virtual_time_s": self.virtual_time_s,
             "duration_s": duration_s, "accuracy": accuracy, "loss": loss,
             "train_loss": loss_sum / max(finite_samples, 1), "bytes": bytes_round, "compute_s": compute,
-            "devices_per_edge": per_edge, "devices_per_ring": {},
+            "devices_per_edge": per_edge, "devices_per_ring": {r: len(m) for r, m in (rings or {}).items()},
             "splits": {d: self.splits[d].counts() + [0] * (3 - self.splits[d].n_tiers) for d in sorted(self.splits)},
             "samples": samples, "failures": sum(1 for r in reports if not r.finite),
         }

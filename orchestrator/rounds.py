@@ -1,0 +1,68 @@
+"""Round policies: how one round's training and aggregation are scheduled (chosen by the scenario).
+
+A round policy drives the tier actors through one round (one cloud aggregation) and returns what
+was trained and how long the round took in virtual time; the run loop around it (evaluation,
+events, re-planning, checkpoints) does not know which policy it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from tiers.hosts import TrainReport
+
+if TYPE_CHECKING:
+    from orchestrator.runner import Orchestrator
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    reports: list[TrainReport]  # one merged report per device and period (or ring hop)
+    virtual_s: float  # the round's duration in emulated time
+    rings: dict[str, list[str]] | None = None  # ring id -> members, when the policy trains in rings
+
+
+class RoundPolicy(Protocol):
+    name: str
+
+    def run_round(self, orch: Orchestrator) -> RoundResult:
+        """Train and aggregate one round; leave the new global model in ``orch.global_state``."""
+
+
+class SyncRounds:
+    """HierFAVG / FedAvg: every device trains ``local_steps`` per period in parallel; the round
+    waits for the slowest device (or busiest edge); edges aggregate after each period and the
+    cloud after ``cloud_every`` periods."""
+
+    name = "sync"
+
+    def run_round(self, orch: Orchestrator) -> RoundResult:
+        sc = orch.scenario
+        reports: list[TrainReport] = []
+        virtual_round = 0.0
+        for period in range(sc.aggregation.cloud_every):
+            orch.period = period
+            period_reports, extra_s = orch.run_period(virtual_round)
+            reports.extend(period_reports)
+            virtual_round += orch.round_clock(period_reports, extra_s, virtual_round)
+            healthy = orch.healthy(period_reports)
+            groups = orch.aggregation.groups({d: e for d, e in orch.session_at.items() if d in healthy})
+            sums = orch.partial_sums(groups)
+            if period < sc.aggregation.cloud_every - 1:
+                for edge, state in orch.aggregation.edge_models(sums).items():
+                    orch.push(state, groups[edge])
+            else:
+                orch.global_state = orch.aggregation.global_model(sums)
+                orch.push(orch.global_state, sorted(orch.edge_of))
+        return RoundResult(reports, virtual_round)
+
+
+ROUND_POLICIES: dict[str, type] = {"sync": SyncRounds}
+
+
+def round_policy_for(rings: int | str) -> RoundPolicy:
+    """``policy.rings: off`` trains synchronously; anything else trains in capability rings."""
+    if rings != "off" and "rings" in ROUND_POLICIES:
+        return ROUND_POLICIES["rings"]()
+    return SyncRounds()
