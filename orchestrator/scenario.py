@@ -95,6 +95,8 @@ class PolicySpec:
     handover: str = "migrate"  # migrate | restart
     disconnected: str = "wait"  # wait | drop
     migration_timeout_s: float = 10.0
+    step_timeout_s: float = 30.0  # a data-plane step unanswered this long fails that device's segment
+    round_deadline_s: float | None = None  # wall seconds a device host may take per segment; None: no deadline
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,9 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path(".")) -> Scenar
         handover=pol_f.string("handover", "migrate", choices=("migrate", "restart")),
         disconnected=pol_f.string("disconnected", "wait", choices=("wait", "drop")),
         migration_timeout_s=pol_f.number("migration_timeout_s", 10.0, positive=True),
+        step_timeout_s=pol_f.number("step_timeout_s", 30.0, positive=True),
+        round_deadline_s=pol_f.number("round_deadline_s", None, positive=True)
+        if pol_f.get("round_deadline_s", None) is not None else None,
     )
     pol_f.reject_unknown()
     ex_f = top.sub("execution", {})
