@@ -19,6 +19,8 @@ from orchestrator.errors import TierflowError
 from orchestrator.validate import Fields
 from tiers.optim import OPTIMIZERS, OptimizerSpec
 
+CLOUD_EDGE = "@cloud"  # not a valid edge name in a scenario file (see _edge_name)
+
 
 @dataclass(frozen=True)
 class CloudSpec:
@@ -122,7 +124,16 @@ class Scenario:
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
 
     def edge(self, name: str) -> EdgeSpec:
+        if name == CLOUD_EDGE:
+            return self.cloud_as_edge()
         return next(e for e in self.edges if e.name == name)
+
+    def cloud_as_edge(self) -> EdgeSpec:
+        """The cloud serving a device directly (its edge died and no other covers it): it runs the
+        edge's layers at the cloud's speed; the device reaches it over its own link, and its
+        "uplink" to the cloud is internal (taken as the fastest edge uplink, so it never bounds)."""
+        uplink = max(e.cloud_bandwidth_mbps for e in self.edges)
+        return EdgeSpec(CLOUD_EDGE, (math.nan, math.nan), 0.0, self.cloud.flops_per_s, uplink)
 
     def device_split(self, device: DeviceSpec) -> tuple[str | int, ...]:
         return self.split if device.split is None else device.split
@@ -164,7 +175,7 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path(".")) -> Scenar
     edges: list[EdgeSpec] = []
     for ef in top.items("edges"):
         edges.append(EdgeSpec(
-            name=ef.string("name"),
+            name=_edge_name(ef),
             position=ef.point("position", (0.0, 0.0)),
             radius_m=ef.number("radius_m", 1000.0, positive=True),
             flops_per_s=ef.number("flops_per_s", positive=True),
@@ -261,6 +272,13 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path(".")) -> Scenar
     top.reject_unknown()
     return Scenario(name, source, cloud, tuple(edges), tuple(devices), model, dataset, training,
                     aggregation, split, mobility, policy, execution)
+
+
+def _edge_name(f: Fields) -> str:
+    name = f.string("name")
+    if name.startswith("@"):
+        f.fail("name", "a name not starting with '@' (reserved for tierflow's own tiers)", name)
+    return name
 
 
 def _unique(names: list[str], source: str, where: str) -> None:
