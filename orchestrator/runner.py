@@ -26,15 +26,16 @@ from orchestrator.events import EventLog
 from orchestrator.handover_policies import HANDOVER_POLICIES, MoveResult
 from orchestrator.mobility import build_detector, build_mobility, edge_to_edge_bps
 from orchestrator.rounds import round_policy_for
-from orchestrator.scenario import Scenario
+from orchestrator.scenario import CLOUD_EDGE, Scenario
 from orchestrator.world import World, build_world
 from tiers.actors import CloudActor, DeviceHostActor, EdgeActor, actor_options
 from tiers.aggregate import WeightedSum
-from tiers.hosts import DeviceSetup, TrainReport
+from tiers.hosts import NOT_HOSTED, DeviceSetup, TrainReport
 from tiers.models import build_model
 from tiers.session import SplitKey, StageFactory
 
 LINKS = ("device-edge", "edge-cloud")
+DEVICE_HOST_RESTARTS = 3  # Ray restarts a dead device host this many times; its devices then rejoin
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class Orchestrator:
                          "failed_migrations": 0, "restarts": 0}
         self.round = 0
         self.period = 0
+        self.lost_hosts: set[int] = set()  # device hosts that died or missed a deadline, until they answer
+        self.round_failures = 0
         self.mobility_t = 0.0
         self.graph = None
         self.measured_flops: dict[str, float] = {}
@@ -106,20 +109,26 @@ class Orchestrator:
         sc = self.scenario
         opt = sc.training.optimizer
         model = sc.model.name
+        timeout = sc.policy.step_timeout_s
         token = secrets.token_hex(16)  # per run: data-plane messages without it are refused
-        self.cloud = CloudActor.options(**actor_options("cloud")).remote("cloud", model, self.shape, opt, 1, token)
+        self.cloud = CloudActor.options(**actor_options("cloud")).remote("cloud", model, self.shape, opt, 1, token,
+                                                                          timeout)
         self.edges = {
             e.name: EdgeActor.options(**actor_options("edge")).remote(e.name, model, self.shape, opt, self.cloud, 1,
-                                                                      token)
+                                                                      token, timeout)
             for e in sc.edges
         }
         n_hosts = min(sc.execution.device_hosts, len(sc.devices))
+        # A device host holds no state the orchestrator cannot give it again, so Ray may restart it;
+        # its devices then rejoin at the next period (see recover_hosts).
         self.hosts = [
-            DeviceHostActor.options(**actor_options("device")).remote(f"host{i}", model, self.shape, opt, 1, token)
+            DeviceHostActor.options(**actor_options("device", max_restarts=DEVICE_HOST_RESTARTS)).remote(
+                f"host{i}", model, self.shape, opt, 1, token, timeout)
             for i in range(n_hosts)
         ]
-        bind = dataplane_host()
-        cloud_endpoint = ray.get(self.cloud.start_dataplane.remote(bind))
+        bind = self.bind = dataplane_host()
+        cloud_endpoint = self.cloud_endpoint = ray.get(self.cloud.start_dataplane.remote(bind))
+        self.token = token
         names = list(self.edges)
         endpoints = ray.get([self.edges[n].start_dataplane.remote(bind) for n in names])
         self.endpoints = dict(zip(names, endpoints, strict=True))
@@ -127,17 +136,7 @@ class Orchestrator:
         receivers = ray.get([self.edges[n].start_migration_receiver.remote(self.migration_key, bind) for n in names])
         self.receivers = dict(zip(names, receivers, strict=True))
         self.host_of = {d.name: i % n_hosts for i, d in enumerate(sc.devices)}
-        ds = self.world.dataset
-        calls = []
-        for h, host in enumerate(self.hosts):
-            setups = [
-                DeviceSetup(d.name, ds.x_train[idx], ds.y_train[idx], sc.training.batch_size,
-                            sc.training.seed * 100_003 + i)
-                for i, (d, idx) in enumerate(zip(sc.devices, self.world.shards, strict=True))
-                if self.host_of[d.name] == h
-            ]
-            calls.append(host.add_devices.remote(setups))
-        ray.get(calls)
+        ray.get([host.add_devices.remote(self.setups_for(h)) for h, host in enumerate(self.hosts)])
         state_ref = ray.put(self.global_state)
         self.last_pushed = {d.name: self.global_state for d in sc.devices}
         calls = []
@@ -147,6 +146,16 @@ class Orchestrator:
         self.actor_nodes = dict(zip(
             ["cloud", *(f"edge:{n}" for n in names), *(f"devices:{i}" for i in range(n_hosts))],
             ray.get([a.node_id.remote() for a in [self.cloud, *self.edges.values(), *self.hosts]]), strict=True))
+
+    def setups_for(self, host: int) -> list[DeviceSetup]:
+        """The devices a host runs, with their data shards (what a restarted host is given again)."""
+        sc, ds = self.scenario, self.world.dataset
+        return [
+            DeviceSetup(d.name, ds.x_train[idx], ds.y_train[idx], sc.training.batch_size,
+                        sc.training.seed * 100_003 + i)
+            for i, (d, idx) in enumerate(zip(sc.devices, self.world.shards, strict=True))
+            if self.host_of[d.name] == host
+        ]
 
     def _open_device(self, device_id: str, key: SplitKey, state_ref) -> list:
         calls = [self.hosts[self.host_of[device_id]].configure.remote(device_id, key, state_ref)]
@@ -158,20 +167,74 @@ class Orchestrator:
         return calls
 
     # ----- one round -----
-    def train_segment(self, steps: dict[str, int]) -> list[TrainReport]:
-        """Train each listed device for its number of steps, all hosts at once."""
+    def train_segment(self, steps: dict[str, int]) -> tuple[list[TrainReport], dict[str, str]]:
+        """Train each listed device for its number of steps, all hosts at once.
+
+        Returns the reports and the devices that failed, with why: a host that died or did not
+        answer within ``policy.round_deadline_s``, or a device whose steps were refused (failures
+        are data: the others' work counts).
+        """
         jobs: list[list] = [[] for _ in self.hosts]
         for device_id, n in sorted(steps.items()):
             edge = self.session_at[device_id]
             jobs[self.host_of[device_id]].append((device_id, n, self.endpoints[edge], edge))
-        results = ray.get([h.train_many.remote(j) for h, j in zip(self.hosts, jobs, strict=True) if j])
-        return [r for batch in results for r in batch]
+        calls = {h: self.hosts[h].train_many.remote(j) for h, j in enumerate(jobs) if j}
+        ready, _ = ray.wait(list(calls.values()), num_returns=len(calls),
+                            timeout=self.scenario.policy.round_deadline_s)
+        done = set(ready)
+        reports: list[TrainReport] = []
+        failed: dict[str, str] = {}
+        for h, ref in calls.items():
+            why = ""
+            if ref not in done:
+                why = f"device host {h} did not answer within the round deadline"
+            else:
+                try:
+                    batch = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    why = f"device host {h} died ({type(exc).__name__})"
+            if why:
+                self.lost_hosts.add(h)
+                failed.update({job[0]: why for job in jobs[h]})
+                continue
+            for r in batch:
+                if r.error == NOT_HOSTED:
+                    self.lost_hosts.add(h)
+                if r.error:
+                    failed[r.device_id] = r.error
+                else:
+                    reports.append(r)
+        return reports, failed
+
+    def fail_device(self, device_id: str, why: str) -> None:
+        self.round_failures += 1
+        self.log.emit({"event": "failure", "round": self.round, "virtual_time_s": self.virtual_time_s,
+                       "kind": "device", "entity": device_id, "detail": why})
+
+    def recover_hosts(self) -> None:
+        """Give a device host that is back (restarted by Ray, or late) its devices again, from the
+        model they were last given; a host still gone keeps its devices out of this period."""
+        for h in sorted(self.lost_hosts):
+            try:
+                ray.get(self.hosts[h].ping.remote(), timeout=self.scenario.policy.step_timeout_s)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                continue
+            mine = [d for d, hh in sorted(self.host_of.items()) if hh == h]
+            ray.get(self.hosts[h].add_devices.remote(self.setups_for(h)))
+            ray.get([self.hosts[h].configure.remote(d, self.splits[d], ray.put(self.last_pushed[d])) for d in mine])
+            self.lost_hosts.discard(h)
+            self.log.emit({"event": "rejoin", "round": self.round, "virtual_time_s": self.virtual_time_s,
+                           "entity": f"host{h}", "devices": mine})
+
+    def available(self, device_id: str) -> bool:
+        return self.edge_of[device_id] is not None and self.host_of[device_id] not in self.lost_hosts
 
     def run_period(self, virtual_before_s: float) -> tuple[list[TrainReport], dict[str, float]]:
         """One period of local steps, in segments between handover checks; returns merged reports."""
         sc = self.scenario
         steps = sc.training.local_steps
         check = sc.mobility.check_every_steps or steps
+        self.recover_hosts()
         remaining = {d: steps for d in self.devices}
         dropped: set[str] = set()
         done: dict[str, list[TrainReport]] = {}
@@ -179,13 +242,23 @@ class Orchestrator:
         elapsed_steps = 0
         while True:
             ready = {d: min(check, n) for d, n in remaining.items()
-                     if n > 0 and d not in dropped and self.edge_of[d] is not None}
+                     if n > 0 and d not in dropped and self.available(d)}
             if not ready:
                 break
             elapsed_steps += max(ready.values())
-            for r in self.train_segment(ready):
+            reports, failed = self.train_segment(ready)
+            for r in reports:
                 remaining[r.device_id] -= r.steps
                 done.setdefault(r.device_id, []).append(r)
+            if failed:
+                rehomed = self.drop_dead_edges(remaining)
+                for d, why in sorted(failed.items()):
+                    self.fail_device(d, why)
+                    done.pop(d, None)  # a failed device's partial period is not aggregated
+                    if d not in rehomed:
+                        dropped.add(d)
+                for d in rehomed:
+                    done.pop(d, None)  # they start their period over at the new edge
             merged = [merge_reports(rs) for rs in done.values()]
             elapsed = virtual_before_s + self.round_clock(merged, extra_s)
             progress = elapsed_steps / steps  # above 1 when a restart made the period longer
@@ -319,8 +392,10 @@ class Orchestrator:
     def before_migration(self, device_id: str, src: str, dst: str) -> None:
         """A hook for fault-injection tests; does nothing in a run."""
 
-    def drop_dead_edges(self, remaining: dict[str, int]) -> None:
-        """Forget edges whose actor is gone; their devices re-home and start their period over."""
+    def drop_dead_edges(self, remaining: dict[str, int]) -> set[str]:
+        """Forget edges whose actor is gone; their devices re-home to the nearest live edge, their
+        sessions restored from the model they were last given (the last aggregation boundary), and
+        start their period over. Returns the devices that re-homed."""
         for name, edge in list(self.edges.items()):
             try:
                 ray.get(edge.ping.remote(), timeout=5)
@@ -329,14 +404,39 @@ class Orchestrator:
                 self.log.emit({"event": "failure", "round": self.round, "virtual_time_s": self.virtual_time_s,
                                "kind": "edge", "entity": name, "detail": "edge actor is gone"})
         alive = set(self.edges)
-        for d, edge in list(self.session_at.items()):
+        rehomed = set()
+        for d, edge in sorted(self.session_at.items()):
             if edge in alive:
                 continue
-            here = self.mobility.positions(self.virtual_time_s)[d]
-            new = min(alive, key=lambda e: self.detector_distance(e, here))
+            here = self.mobility.positions(self.mobility_t)[d]
+            covering = sorted((self.detector_distance(e, here), e) for e in alive - {CLOUD_EDGE}
+                              if self.detector_distance(e, here) <= self.scenario.edge(e).radius_m)
+            new = covering[0][1] if covering else self.cloud_edge()
             self.session_at[d] = self.edge_of[d] = new
-            ray.get(self._open_device(d, self.splits[d], ray.put(self.last_pushed[d])))
+            if self.host_of[d] not in self.lost_hosts:
+                ray.get(self._open_device(d, self.splits[d], ray.put(self.last_pushed[d])))
             remaining[d] = self.scenario.training.local_steps
+            rehomed.add(d)
+            self.log.emit({"event": "rehome", "round": self.round, "virtual_time_s": self.virtual_time_s,
+                           "device": d, "from_edge": edge, "to_edge": new})
+        if rehomed:
+            # A device served by the cloud is out of every live edge's coverage: the detector sees
+            # it as unattached and hands it over (a migration from the cloud) once an edge covers it.
+            self.detector = build_detector(self.scenario, dict(self.edge_of), set(self.edges) - {CLOUD_EDGE})
+        return rehomed
+
+    def cloud_edge(self) -> str:
+        """Start (once) the cloud's own edge-tier actor: the server of last resort for re-homed devices."""
+        if CLOUD_EDGE not in self.edges:
+            sc = self.scenario
+            actor = EdgeActor.options(**actor_options("cloud")).remote(
+                CLOUD_EDGE, sc.model.name, self.shape, sc.training.optimizer, self.cloud, 1, self.token,
+                sc.policy.step_timeout_s)
+            self.endpoints[CLOUD_EDGE] = ray.get(actor.start_dataplane.remote(self.bind))
+            ray.get(actor.set_cloud_endpoint.remote(self.cloud_endpoint))
+            self.receivers[CLOUD_EDGE] = ray.get(actor.start_migration_receiver.remote(self.migration_key, self.bind))
+            self.edges[CLOUD_EDGE] = actor
+        return CLOUD_EDGE
 
     def detector_distance(self, edge: str, p: tuple[float, float]) -> float:
         x, y = self.scenario.edge(edge).position
@@ -346,7 +446,8 @@ class Orchestrator:
         calls = []
         for h, host in enumerate(self.hosts):
             mine = {d for d, hh in self.host_of.items() if hh == h}
-            calls.append(host.weighted_sums.remote(restrict(groups, mine)))
+            if h not in self.lost_hosts:
+                calls.append(host.weighted_sums.remote(restrict(groups, mine)))
         for edge_name, edge in self.edges.items():
             served = {d for d, e in self.session_at.items() if e == edge_name}
             calls.append(edge.weighted_sums.remote(restrict(groups, served)))
@@ -365,7 +466,7 @@ class Orchestrator:
         chosen = set(device_ids)
         for h, host in enumerate(self.hosts):
             mine = [d for d in device_ids if self.host_of[d] == h]
-            if mine:
+            if mine and h not in self.lost_hosts:
                 calls.append(host.load_weights.remote(mine, ref))
         for edge_name, edge in self.edges.items():
             served = [d for d, e in self.session_at.items() if e == edge_name and d in chosen
@@ -452,6 +553,7 @@ class Orchestrator:
         wall_prev = time.perf_counter()
         for rnd in range(1, sc.training.rounds + 1):
             self.round = rnd
+            self.round_failures = 0
             result = self.round_policy.run_round(self)
             reports, virtual_round = result.reports, result.virtual_s
             accuracy, loss = self.evaluate()
@@ -534,14 +636,14 @@ class Orchestrator:
         per_edge: dict[str, int] = {e.name: 0 for e in self.scenario.edges}
         for edge in self.session_at.values():
             if edge is not None:
-                per_edge[edge] += 1
+                per_edge[edge] = per_edge.get(edge, 0) + 1
         return {
             "event": "round_end", "round": rnd, "wall_time_s": wall_s, "virtual_time_s": self.virtual_time_s,
             "duration_s": duration_s, "accuracy": accuracy, "loss": loss,
             "train_loss": loss_sum / max(finite_samples, 1), "bytes": bytes_round, "compute_s": compute,
             "devices_per_edge": per_edge, "devices_per_ring": {r: len(m) for r, m in (rings or {}).items()},
             "splits": {d: self.splits[d].counts() + [0] * (3 - self.splits[d].n_tiers) for d in sorted(self.splits)},
-            "samples": samples, "failures": sum(1 for r in reports if not r.finite),
+            "samples": samples, "failures": sum(1 for r in reports if not r.finite) + self.round_failures,
         }
 
 

@@ -69,6 +69,9 @@ def step_upper(link, client: DataPlaneClient | None, device_id: str, arrays: lis
     return call(link, "step", device_id, arrays, labels)
 
 
+NOT_HOSTED = "device not hosted here (its host restarted and lost it)"
+
+
 @dataclass(frozen=True)
 class TrainReport:
     """One device's local training since the last report: the clock and the metrics read it."""
@@ -84,6 +87,7 @@ class TrainReport:
     bytes_down: tuple[int, int]
     n_tiers: int
     finite: bool = True
+    error: str = ""  # non-empty: the segment failed (e.g. its edge stopped answering); not aggregated
 
 
 @dataclass(frozen=True)
@@ -124,10 +128,10 @@ class DeviceHost:
     """Hosts many logical devices in one process; trains each against its edge server."""
 
     def __init__(self, host_id: str, model_name: str, shape: InputShape, optimizer: OptimizerSpec,
-                 threads: int = 1, token: str = ""):
+                 threads: int = 1, token: str = "", step_timeout_s: float = 60.0):
         torch.set_num_threads(threads)
         self.host_id = host_id
-        self.client = DataPlaneClient(token)
+        self.client = DataPlaneClient(token, step_timeout_s)
         self.factory = StageFactory(model_name, shape)
         self.optimizer = optimizer
         self.devices: dict[str, LogicalDevice] = {}
@@ -201,7 +205,42 @@ class DeviceHost:
                            tuple(down), n_tiers, finite)
 
     def train_many(self, jobs: Sequence[tuple[str, int, object, str | None]]) -> list[TrainReport]:
-        return [self.train(*job) for job in jobs]
+        """Train each job in turn; one device's failure is reported as data, the others still train."""
+        out = []
+        for job in jobs:
+            if job[0] not in self.devices:  # this host restarted and has not been given its devices again
+                out.append(TrainReport(job[0], job[3], 0, 0, 0.0, 0, (0.0, 0.0, 0.0), (0, 0), (0, 0), 0, True,
+                                       NOT_HOSTED))
+                continue
+            try:
+                out.append(self.train(*job))
+            except Exception as exc:  # a dead edge, a refused step: a failure of this device only
+                device_id, _, _, edge_name = job[:4]
+                n_tiers = self.devices[device_id].session.key.n_tiers
+                out.append(TrainReport(device_id, edge_name, 0, 0, 0.0, 0, (0.0, 0.0, 0.0), (0, 0), (0, 0),
+                                       n_tiers, True, f"{type(exc).__name__}: {exc}"))
+        return out
+
+    # ----- checkpoints: a device's state as plain arrays (never pickle) -----
+    def export_devices(self) -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
+        """Per device: its stage session (weights, optimizer) and its batch sampler's position."""
+        out = {}
+        for device_id, device in sorted(self.devices.items()):
+            meta, arrays = device.session.export()
+            sampler = device.sampler
+            meta["sampler"] = {"rng": sampler.rng.bit_generator.state, "pos": sampler.pos}
+            arrays["sampler/order"] = sampler.order.copy()
+            out[device_id] = (meta, arrays)
+        return out
+
+    def import_devices(self, exported: Mapping[str, tuple[dict, Mapping[str, np.ndarray]]]) -> None:
+        for device_id, (meta, arrays) in exported.items():
+            device = self.devices[device_id]
+            state = {k: v for k, v in arrays.items() if not k.startswith("sampler/")}
+            device.session = Session.from_export(meta, state, self.factory, self.optimizer)
+            device.sampler.rng.bit_generator.state = meta["sampler"]["rng"]
+            device.sampler.order = np.array(arrays["sampler/order"])
+            device.sampler.pos = int(meta["sampler"]["pos"])
 
     def weighted_sums(self, groups: Mapping[str, Sequence[str]]) -> dict[str, WeightedSum]:
         """Per group (an edge, or 'all'), the FedAvg partial sum of the device-side parts."""
@@ -221,14 +260,14 @@ class SessionHost:
     tier: int = 1
 
     def __init__(self, name: str, model_name: str, shape: InputShape, optimizer: OptimizerSpec, threads: int = 1,
-                 token: str = ""):
+                 token: str = "", step_timeout_s: float = 60.0):
         torch.set_num_threads(threads)
         self.name = name
         self.factory = StageFactory(model_name, shape)
         self.optimizer = optimizer
         self.sessions: dict[str, Session] = {}
         self.token = token
-        self.client = DataPlaneClient(token)
+        self.client = DataPlaneClient(token, step_timeout_s)
         self.server: DataPlaneServer | None = None
         self.receiver = None  # migration.channel.MigrationReceiver, once started
         # Steps arrive on the data-plane thread; control calls on Ray's. Sessions are shared.
@@ -292,6 +331,17 @@ class SessionHost:
     def session_ids(self) -> list[str]:
         return sorted(self.sessions)
 
+    def export_sessions(self) -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
+        with self.lock:
+            return {sid: s.export() for sid, s in sorted(self.sessions.items())}
+
+    def import_sessions(self, exported: Mapping[str, tuple[dict, Mapping[str, np.ndarray]]]) -> None:
+        """Replace every session with the exported ones (a checkpoint being restored)."""
+        sessions = {sid: Session.from_export(meta, arrays, self.factory, self.optimizer)
+                    for sid, (meta, arrays) in exported.items()}
+        with self.lock:
+            self.sessions = sessions
+
     def shutdown(self) -> None:
         if self.server is not None:
             self.server.close()
@@ -340,8 +390,8 @@ class EdgeServer(SessionHost):
     tier = 1
 
     def __init__(self, name: str, model_name: str, shape: InputShape, optimizer: OptimizerSpec, cloud=None,
-                 threads: int = 1, token: str = ""):
-        super().__init__(name, model_name, shape, optimizer, threads, token)
+                 threads: int = 1, token: str = "", step_timeout_s: float = 60.0):
+        super().__init__(name, model_name, shape, optimizer, threads, token, step_timeout_s)
         self.cloud = cloud  # a Ray handle, or the cloud's data-plane endpoint once set
 
     def set_cloud_endpoint(self, endpoint: str) -> None:
