@@ -17,11 +17,23 @@ def _default_out(scenario_path: str) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.scenario import load_scenario
 
-    scenario = load_scenario(args.scenario)  # validated before Ray starts
+    if args.resume:
+        from orchestrator.checkpoint import load_checkpoint
+
+        out = Path(args.resume)
+        if args.out and Path(args.out) != out:
+            raise TierflowError("--out: a resumed run continues in its own directory; leave --out out")
+        scenario_path = args.scenario or load_checkpoint(out).state["scenario_path"]
+    elif args.scenario:
+        scenario_path = args.scenario
+        out = Path(args.out) if args.out else _default_out(args.scenario)
+    else:
+        raise TierflowError("run: expected a scenario file, or --resume RUN_DIR")
+    scenario = load_scenario(scenario_path)  # validated before Ray starts
     from orchestrator.runner import RunOptions, run_scenario
 
-    out = Path(args.out) if args.out else _default_out(args.scenario)
-    summary = run_scenario(scenario, RunOptions(out_dir=out, address=args.address, metrics_addr=args.metrics_addr))
+    summary = run_scenario(scenario, RunOptions(out_dir=out, address=args.address, metrics_addr=args.metrics_addr,
+                                                resume=bool(args.resume)))
     print(json.dumps({k: summary[k] for k in ("final_accuracy", "rounds", "wall_time_s", "virtual_time_s")}))
     print(f"run directory: {out}")
     return 0
@@ -84,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tierflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a scenario on Ray (local unless --address)")
-    run.add_argument("scenario")
+    run.add_argument("scenario", nargs="?", help="the scenario file (with --resume: the one the run recorded)")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue an interrupted run from its last round-boundary checkpoint")
     run.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
     run.add_argument("--out", help="run directory (default: runs/<scenario name>)")
     run.add_argument("--metrics-addr", default=None,

@@ -21,6 +21,9 @@ class EventLog:
         for sink in self.sinks:
             sink(event)
 
+    def flush(self) -> None:
+        self._fh.flush()
+
     def close(self) -> None:
         self._fh.close()
 

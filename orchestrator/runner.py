@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from orchestrator.aggregation import AGGREGATIONS, restrict
+from orchestrator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, scenario_fingerprint
 from orchestrator.clock import LinkRates, device_round_time, host_flops_per_s, round_time
+from orchestrator.errors import TierflowError
 from orchestrator.events import EventLog
 from orchestrator.handover_policies import HANDOVER_POLICIES, MoveResult
 from orchestrator.mobility import build_detector, build_mobility, edge_to_edge_bps
@@ -45,6 +47,7 @@ class RunOptions:
     progress: bool = True
     metrics_addr: str | None = None
     event_sinks: tuple = ()  # extra callables that receive every event (tests, embedding programs)
+    resume: bool = False  # continue from out_dir's last round-boundary checkpoint
 
 
 def init_ray(address: str | None) -> None:
@@ -85,6 +88,9 @@ class Orchestrator:
                          "failed_migrations": 0, "restarts": 0}
         self.round = 0
         self.period = 0
+        self.time_to_target: dict[str, float] | None = None
+        self.wall_before_s = 0.0  # wall seconds run before a resume
+        self.resume_from: Checkpoint | None = None
         self.lost_hosts: set[int] = set()  # device hosts that died or missed a deadline, until they answer
         self.round_failures = 0
         self.mobility_t = 0.0
@@ -389,6 +395,71 @@ class Orchestrator:
         self.log.emit({"event": "replan", "round": self.round, "virtual_time_s": self.virtual_time_s,
                        "changed": len(changed)})
 
+    # ----- checkpoints (issue 7: an orchestrator that dies loses no completed round) -----
+    def save_checkpoint(self, log: EventLog, wall_s: float) -> None:
+        """Everything the next round depends on, taken at the round boundary."""
+        hosts = [h for h in range(len(self.hosts)) if h not in self.lost_hosts]
+        names = list(self.edges)
+        parts = ray.get([self.hosts[h].export_devices.remote() for h in hosts]
+                        + [self.edges[n].export_sessions.remote() for n in names]
+                        + [self.cloud.export_sessions.remote()])
+        devices: dict = {}
+        for part in parts[:len(hosts)]:
+            devices.update(part)
+        sessions = dict(zip([*names, "cloud"], parts[len(hosts):], strict=True))
+        log.flush()
+        state = {
+            "round": self.round, "scenario_fingerprint": scenario_fingerprint(self.scenario),
+            "scenario_path": str(Path(self.scenario.source).resolve()),
+            "events_bytes": (self.options.out_dir / "events.jsonl").stat().st_size,
+            "wall_time_s": wall_s, "virtual_time_s": self.virtual_time_s, "mobility_t": self.mobility_t,
+            "counters": self.counters, "bytes_total": self.bytes_total, "time_to_target": self.time_to_target,
+            "session_at": self.session_at, "edge_of": self.edge_of, "detector": self.detector.current,
+            "edges": names, "lost_hosts": sorted(self.lost_hosts), "measured_flops": self.measured_flops,
+            "splits": {d: {"tiers": [list(t) for t in k.tiers], "n_tiers": k.n_tiers} for d, k in self.splits.items()},
+            "plans": {d: {"edge": p.edge, "batch_time_s": p.batch_time_s, "round_time_s": p.round_time_s,
+                          "device_flops_per_s": p.device_flops_per_s} for d, p in getattr(self, "plans", {}).items()},
+        }
+        save_checkpoint(self.options.out_dir, Checkpoint(state, self.global_state, devices, sessions))
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Put the orchestrator and every actor back in the state the checkpoint recorded."""
+        from orchestrator.planning import DevicePlan
+
+        st = ckpt.state
+        self.round = ckpt.round
+        self.wall_before_s = float(st["wall_time_s"])
+        self.virtual_time_s, self.mobility_t = float(st["virtual_time_s"]), float(st["mobility_t"])
+        self.counters, self.bytes_total = dict(st["counters"]), st["bytes_total"]
+        self.time_to_target, self.measured_flops = st["time_to_target"], dict(st["measured_flops"])
+        self.global_state = dict(ckpt.global_model)
+        self.last_pushed = {d: self.global_state for d in self.devices}
+        self.splits = {d: SplitKey(tuple((str(n), int(t)) for n, t in v["tiers"]), int(v["n_tiers"]))
+                       for d, v in st["splits"].items()}
+        self.session_at, self.edge_of = dict(st["session_at"]), dict(st["edge_of"])
+        if st["plans"]:
+            self.plans = {d: DevicePlan(d, p["edge"], self.splits[d], p["batch_time_s"], p["round_time_s"],
+                                        p["device_flops_per_s"]) for d, p in st["plans"].items()}
+        alive = set(st["edges"])
+        if CLOUD_EDGE in alive:
+            self.cloud_edge()
+        for name in list(self.edges):
+            if name not in alive:
+                ray.kill(self.edges.pop(name))
+        self.detector = build_detector(self.scenario, self.edge_of, alive - {CLOUD_EDGE})
+        self.detector.current = dict(st["detector"])
+        state_ref = ray.put(self.global_state)
+        calls = []
+        for h, host in enumerate(self.hosts):
+            mine = [d for d, hh in self.host_of.items() if hh == h]
+            calls.append(host.import_devices.remote({d: ckpt.devices[d] for d in mine if d in ckpt.devices}))
+            # A device whose host was lost at the checkpoint starts from the global model, as on rejoin.
+            calls.extend(host.configure.remote(d, self.splits[d], state_ref) for d in mine if d not in ckpt.devices)
+        for name, edge in self.edges.items():
+            calls.append(edge.import_sessions.remote(ckpt.sessions.get(name, {})))
+        calls.append(self.cloud.import_sessions.remote(ckpt.sessions.get("cloud", {})))
+        ray.get(calls)
+
     def before_migration(self, device_id: str, src: str, dst: str) -> None:
         """A hook for fault-injection tests; does nothing in a run."""
 
@@ -527,7 +598,19 @@ class Orchestrator:
 
             exporter = MetricsExporter(self.options.metrics_addr).start()
             sinks.append(exporter.observe)
-        log = EventLog(out / "events.jsonl", sinks)
+        self.resume_from = None
+        events_path = out / "events.jsonl"
+        if self.options.resume:
+            self.resume_from = load_checkpoint(out)
+            if self.resume_from.state["scenario_fingerprint"] != scenario_fingerprint(self.scenario):
+                raise TierflowError(f"{out}: the checkpoint was written by a different scenario than "
+                                    f"{self.scenario.source} as it is now; resume needs the same one")
+            # Events of the round the crash interrupted are dropped: that round runs again.
+            with open(events_path, "r+b") as fh:
+                fh.truncate(int(self.resume_from.state["events_bytes"]))
+        else:
+            events_path.write_text("")
+        log = EventLog(events_path, sinks)
         try:
             return self._run(log)
         finally:
@@ -543,15 +626,23 @@ class Orchestrator:
         init_ray(self.options.address)
         self.start_actors()
         self.log = log
-        log.emit({"event": "run_start", "wall_time_s": 0.0, "virtual_time_s": 0.0, "time_mode": sc.execution.time,
-                  "scenario": sc.name, "devices": len(sc.devices), "edges": [e.name for e in sc.edges],
-                  "policy": self.policy_name()})
-        time_to_target: dict[str, float] | None = None
+        first = 1
+        if self.resume_from is not None:
+            self.restore(self.resume_from)
+            first = self.resume_from.round + 1
+            log.emit({"event": "run_resumed", "round": self.resume_from.round, "wall_time_s": self.wall_before_s,
+                      "virtual_time_s": self.virtual_time_s})
+        else:
+            log.emit({"event": "run_start", "wall_time_s": 0.0, "virtual_time_s": 0.0,
+                      "time_mode": sc.execution.time, "scenario": sc.name, "devices": len(sc.devices),
+                      "edges": [e.name for e in sc.edges], "policy": self.policy_name()})
+        t_start -= self.wall_before_s  # wall times in events count the interrupted part too
         accuracy, loss = self.evaluate()
         t_loop = time.perf_counter()
-        bar = tqdm(total=sc.training.rounds, desc=sc.name, unit="round", disable=not self.options.progress)
+        bar = tqdm(total=sc.training.rounds, initial=first - 1, desc=sc.name, unit="round",
+                   disable=not self.options.progress)
         wall_prev = time.perf_counter()
-        for rnd in range(1, sc.training.rounds + 1):
+        for rnd in range(first, sc.training.rounds + 1):
             self.round = rnd
             self.round_failures = 0
             result = self.round_policy.run_round(self)
@@ -567,9 +658,11 @@ class Orchestrator:
             if self.graph is not None:
                 self.measure_speeds(reports)
                 self.replan()  # after the event, which reports the splits this round trained
-            if time_to_target is None and accuracy >= sc.training.target_accuracy:
-                time_to_target = {"virtual_time_s": self.virtual_time_s, "wall_time_s": now - t_start, "round": rnd}
+            if self.time_to_target is None and accuracy >= sc.training.target_accuracy:
+                self.time_to_target = {"virtual_time_s": self.virtual_time_s, "wall_time_s": now - t_start,
+                                       "round": rnd}
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}", train_loss=f"{event['train_loss']:.3f}")
+            self.save_checkpoint(log, time.perf_counter() - t_start)
             bar.update(1)
         bar.close()
         loop_s = time.perf_counter() - t_loop
@@ -584,7 +677,8 @@ class Orchestrator:
             "virtual_time_s": self.virtual_time_s,
             "time_mode": sc.execution.time,
             "target_accuracy": sc.training.target_accuracy,
-            "time_to_target": time_to_target,
+            "time_to_target": self.time_to_target,
+            "resumed_from_round": None if self.resume_from is None else self.resume_from.round,
             "bytes_up": {link: v["up"] for link, v in self.bytes_total.items()},
             "bytes_down": {link: v["down"] for link, v in self.bytes_total.items()},
             "devices": len(sc.devices),
