@@ -105,6 +105,7 @@ class Orchestrator:
         self.devices = {d.name: d for d in scenario.devices}
         self.weights = {d.name: float(len(s)) for d, s in zip(scenario.devices, self.world.shards, strict=True)}
         self.factory = StageFactory(scenario.model.name, self.shape)
+        self._param_bytes: dict[SplitKey, int] = {}
         self.eval_model = build_model(scenario.model.name, self.shape)
         self.bytes_total = {link: {"up": 0, "down": 0} for link in LINKS}
         self.virtual_time_s = 0.0
@@ -561,8 +562,11 @@ class Orchestrator:
         return acc, loss
 
     def device_param_bytes(self, device_id: str) -> int:
-        stage = self.factory.stage(self.splits[device_id], 0)
-        return sum(t.numel() * t.element_size() for t in stage.module.state_dict().values())
+        key = self.splits[device_id]
+        if key not in self._param_bytes:  # building a stage copies a GraphModule: once per split
+            stage = self.factory.stage(key, 0)
+            self._param_bytes[key] = sum(t.numel() * t.element_size() for t in stage.module.state_dict().values())
+        return self._param_bytes[key]
 
     def healthy(self, reports: list[TrainReport]) -> set[str]:
         """Devices whose update may be aggregated; a non-finite one is a failure, logged by id."""

@@ -320,18 +320,17 @@ def _device(f: Fields, name: str, edges: list[EdgeSpec], rng: np.random.Generato
     position = f.point("position", None) if f.get("position", None) is not None else None
     if position is None and edge_name is None:
         f.fail("position", "a position [x, y] or an edge name", None)
+    if position is None:
+        position = next(e for e in edges if e.name == edge_name).position
+    spread = f.number("spread_m", 0.0, minimum=0.0)
+    if spread:  # before choosing the edge: a device starts attached to the edge its own position picks
+        angle, radius = rng.uniform(0, 2 * math.pi), spread * math.sqrt(rng.uniform())
+        position = (position[0] + radius * math.cos(angle), position[1] + radius * math.sin(angle))
     if edge_name is None:
         covering = [e for e in edges if math.dist(e.position, position) <= e.radius_m]
         if not covering:
             f.fail("position", "a position inside some edge server's coverage (or an explicit edge)", position)
         edge_name = min(covering, key=lambda e: math.dist(e.position, position)).name
-    edge = next(e for e in edges if e.name == edge_name)
-    if position is None:
-        position = edge.position
-    spread = f.number("spread_m", 0.0, minimum=0.0)
-    if spread:
-        angle, radius = rng.uniform(0, 2 * math.pi), spread * math.sqrt(rng.uniform())
-        position = (position[0] + radius * math.cos(angle), position[1] + radius * math.sin(angle))
     return DeviceSpec(
         name=name,
         flops_per_s=_ranged(f, "flops_per_s", None, rng),
