@@ -6,12 +6,13 @@ connected); the planner itself is pure (placement/), this module only maps scena
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import astuple, dataclass
 
 import networkx as nx
 
 from orchestrator.scenario import DeviceSpec, Scenario
-from placement.cost import Profile, TierSpeeds, round_time_s
+from placement.cost import Profile, TierSpeeds, device_param_bytes, round_time_s
 from placement.graph import build_layer_graph
 from placement.partition import partition
 from tiers.models import InputShape, build_model
@@ -26,6 +27,7 @@ class DevicePlan:
     batch_time_s: float
     round_time_s: float
     device_flops_per_s: float  # the device speed this plan assumed
+    observed: Observed | None = None  # every speed this plan assumed
 
 
 def layer_graph(scenario: Scenario, shape: InputShape) -> nx.DiGraph:
@@ -33,25 +35,49 @@ def layer_graph(scenario: Scenario, shape: InputShape) -> nx.DiGraph:
     return build_layer_graph(model, (shape.channels, shape.height, shape.width), batch_size=8)
 
 
-def profile_for(scenario: Scenario, device: DeviceSpec, edge_name: str, device_flops_per_s: float | None = None
-                ) -> Profile:
+@dataclass(frozen=True)
+class Observed:
+    """What the orchestrator currently believes a device's tier chain can do (smoothed)."""
+
+    device_flops_per_s: float
+    device_bandwidth_bps: float
+    edge_flops_per_s: float
+    edge_cloud_bandwidth_bps: float
+
+    def smoothed(self, new: Observed, weight: float = 0.5) -> Observed:
+        """EWMA in log space: speeds are multiplicative, and one outlier round should not swing a plan."""
+        def mix(a: float, b: float) -> float:
+            return math.exp((1 - weight) * math.log(a) + weight * math.log(b))
+
+        return Observed(*(mix(a, b) for a, b in zip(astuple(self), astuple(new), strict=True)))
+
+
+def profile_for(scenario: Scenario, device: DeviceSpec, edge_name: str, device_flops_per_s: float | None = None,
+                observed: Observed | None = None) -> Profile:
     edge = scenario.edge(edge_name)
-    speeds = TierSpeeds(device_flops_per_s or device.flops_per_s, edge.flops_per_s, device.bandwidth_mbps * 1e6,
-                        scenario.cloud.flops_per_s, edge.cloud_bandwidth_mbps * 1e6)
+    if observed is not None:
+        speeds = TierSpeeds(observed.device_flops_per_s, observed.edge_flops_per_s, observed.device_bandwidth_bps,
+                            scenario.cloud.flops_per_s, observed.edge_cloud_bandwidth_bps)
+    else:
+        speeds = TierSpeeds(device_flops_per_s or device.flops_per_s, edge.flops_per_s, device.bandwidth_mbps * 1e6,
+                            scenario.cloud.flops_per_s, edge.cloud_bandwidth_mbps * 1e6)
     return Profile(speeds, batch_size=scenario.training.batch_size,
                    steps_per_round=scenario.training.local_steps * scenario.aggregation.cloud_every,
                    device_memory_bytes=device.memory_mb * 2**20)
 
 
 def plan_device(scenario: Scenario, graph: nx.DiGraph, device: DeviceSpec, edge_name: str,
-                device_flops_per_s: float | None = None) -> DevicePlan:
+                device_flops_per_s: float | None = None, observed: Observed | None = None) -> DevicePlan:
     """The exact best split for one device connected to ``edge_name`` (three ordered tiers)."""
-    profile = profile_for(scenario, device, edge_name, device_flops_per_s)
+    profile = profile_for(scenario, device, edge_name, device_flops_per_s, observed)
     plan = partition(graph, profile)
     # Tiers above the highest one used are left out, so the loss sits with the last layer.
     key = SplitKey.of(plan.assignment, max(plan.assignment.values()) + 1)
+    sp = profile.speeds
+    assumed = Observed(sp.device_flops_per_s, sp.device_edge_bandwidth_bps, sp.edge_flops_per_s,
+                       sp.edge_cloud_bandwidth_bps)
     return DevicePlan(device.name, edge_name, key, plan.batch_time_s, round_time_s(graph, plan.assignment, profile),
-                      profile.speeds.device_flops_per_s)
+                      profile.speeds.device_flops_per_s, assumed)
 
 
 def device_flops_per_step(graph: nx.DiGraph, key: SplitKey, batch_size: int) -> float:
@@ -65,6 +91,25 @@ DRIFT = 0.25  # re-plan when a measured speed is this far from the one the plan 
 
 def drifted(assumed: float, measured: float) -> bool:
     return abs(measured - assumed) > DRIFT * assumed
+
+
+def any_drifted(assumed: Observed, now: Observed, threshold: float = 0.1) -> bool:
+    """Worth asking the planner again: some speed moved more than ``threshold`` from the plan's."""
+    return any(abs(b - a) > threshold * a for a, b in zip(astuple(assumed), astuple(now), strict=True))
+
+
+MIN_GAIN = 0.05  # a new split must save at least this share of the round to be worth switching to
+
+
+def switch_pays(scenario: Scenario, graph: nx.DiGraph, device: DeviceSpec, edge_name: str, current: SplitKey,
+                new: DevicePlan, observed: Observed) -> bool:
+    """Re-planning pays when the new split's predicted round beats the current split's, at the
+    speeds now observed, by more than ``MIN_GAIN`` and by more than the switch costs: the device
+    fetching its new device-side layers over its link."""
+    profile = profile_for(scenario, device, edge_name, observed=observed)
+    now = round_time_s(graph, current.assignment(), profile)
+    switch_s = 8 * device_param_bytes(graph, new.key.assignment()) / observed.device_bandwidth_bps
+    return now - new.round_time_s > max(MIN_GAIN * now, switch_s)
 
 
 def plan_all(scenario: Scenario, graph: nx.DiGraph, edge_of: dict[str, str]) -> dict[str, DevicePlan]:

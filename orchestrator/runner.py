@@ -11,7 +11,7 @@ import json
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from orchestrator.errors import TierflowError
 from orchestrator.events import EventLog
 from orchestrator.handover_policies import HANDOVER_POLICIES, MoveResult
 from orchestrator.mobility import build_detector, build_mobility, edge_to_edge_bps
+from orchestrator.resources import ResourceModel
 from orchestrator.rounds import round_policy_for
 from orchestrator.scenario import CLOUD_EDGE, Scenario
 from orchestrator.world import World, build_world
@@ -96,6 +97,7 @@ class Orchestrator:
         self.mobility_t = 0.0
         self.graph = None
         self.measured_flops: dict[str, float] = {}
+        self.observed: dict[str, tuple] = {}  # device -> (edge, planning.Observed), smoothed per round
         if scenario.policy.placement == "adaptive":
             from orchestrator.planning import layer_graph, plan_all
 
@@ -110,6 +112,7 @@ class Orchestrator:
         self.bytes_total = {link: {"up": 0, "down": 0} for link in LINKS}
         self.virtual_time_s = 0.0
         self.host_speed = host_flops_per_s()
+        self.resources = ResourceModel(scenario)  # reads nothing: the trace was loaded with the scenario
 
     # ----- actors -----
     def start_actors(self) -> None:
@@ -267,7 +270,7 @@ class Orchestrator:
                 for d in rehomed:
                     done.pop(d, None)  # they start their period over at the new edge
             merged = [merge_reports(rs) for rs in done.values()]
-            elapsed = virtual_before_s + self.round_clock(merged, extra_s)
+            elapsed = virtual_before_s + self.round_clock(merged, extra_s, virtual_before_s)
             progress = elapsed_steps / steps  # above 1 when a restart made the period longer
             now_s = self.mobility_time(elapsed, progress)
             for h in self.detector.update(now_s, self.mobility.positions(now_s)):
@@ -365,22 +368,46 @@ class Orchestrator:
             old = self.measured_flops.get(r.device_id)
             self.measured_flops[r.device_id] = measured if old is None else 0.5 * (old + measured)
 
+    def observe(self) -> None:
+        """Each round: every device's speeds and links as observed now, smoothed (EWMA in log space).
+
+        In emulated time they are the scenario's resources at the current virtual time (traces,
+        random processes); in real time the device's FLOP/s is what it measured (measure_speeds).
+        A device that changed edge starts its edge-side figures afresh.
+        """
+        from orchestrator.planning import Observed
+
+        t, res = self.virtual_time_s, self.resources
+        for d in self.devices:
+            edge = self.session_at[d]
+            flops = self.measured_flops.get(d) if self.scenario.execution.time == "real" else None
+            now = Observed(flops or res.device_flops_per_s(d, t), res.device_bandwidth_bps(d, t),
+                           res.edge_flops_per_s(edge, t), res.edge_cloud_bandwidth_bps(edge, t))
+            old = self.observed.get(d)
+            self.observed[d] = (edge, now if old is None or old[0] != edge else old[1].smoothed(now))
+
     def replan(self) -> None:
-        """Adaptive placement: re-plan devices whose edge changed or whose measured speed drifted;
-        re-open the ones whose split moved.
+        """Adaptive placement (FedAdapt's idea, our exact planner): re-plan a device whose edge
+        changed, or whose observed speeds drifted from what its plan assumed, and switch when the
+        new split pays (planning.switch_pays); re-open the devices whose split moved.
 
         A device whose split changes starts its new stages from the global model it just received;
         its optimizer state for the moved layers starts afresh (the layers now live elsewhere).
         """
-        from orchestrator.planning import drifted, plan_device
+        from orchestrator.planning import any_drifted, plan_device, switch_pays
 
+        self.observe()
         changed = []
         for d, plan in list(self.plans.items()):
             edge = self.session_at[d]
-            speed = self.measured_flops.get(d)
-            if plan.edge == edge and (speed is None or not drifted(plan.device_flops_per_s, speed)):
+            seen = self.observed[d][1]
+            moved = plan.edge != edge
+            if not moved and (plan.observed is None or not any_drifted(plan.observed, seen)):
                 continue
-            new = plan_device(self.scenario, self.graph, self.devices[d], edge, speed)
+            new = plan_device(self.scenario, self.graph, self.devices[d], edge, observed=seen)
+            if not moved and new.key != self.splits[d] and not switch_pays(
+                    self.scenario, self.graph, self.devices[d], edge, self.splits[d], new, seen):
+                continue  # keep the current split and the plan's assumptions: drift is measured from them
             self.plans[d] = new
             if new.key != self.splits[d]:
                 changed.append(d)
@@ -419,13 +446,16 @@ class Orchestrator:
             "edges": names, "lost_hosts": sorted(self.lost_hosts), "measured_flops": self.measured_flops,
             "splits": {d: {"tiers": [list(t) for t in k.tiers], "n_tiers": k.n_tiers} for d, k in self.splits.items()},
             "plans": {d: {"edge": p.edge, "batch_time_s": p.batch_time_s, "round_time_s": p.round_time_s,
-                          "device_flops_per_s": p.device_flops_per_s} for d, p in getattr(self, "plans", {}).items()},
+                          "device_flops_per_s": p.device_flops_per_s,
+                          "observed": None if p.observed is None else list(astuple(p.observed))}
+                      for d, p in getattr(self, "plans", {}).items()},
+            "observed": {d: [edge, list(astuple(o))] for d, (edge, o) in self.observed.items()},
         }
         save_checkpoint(self.options.out_dir, Checkpoint(state, self.global_state, devices, sessions))
 
     def restore(self, ckpt: Checkpoint) -> None:
         """Put the orchestrator and every actor back in the state the checkpoint recorded."""
-        from orchestrator.planning import DevicePlan
+        from orchestrator.planning import DevicePlan, Observed
 
         st = ckpt.state
         self.round = ckpt.round
@@ -440,7 +470,9 @@ class Orchestrator:
         self.session_at, self.edge_of = dict(st["session_at"]), dict(st["edge_of"])
         if st["plans"]:
             self.plans = {d: DevicePlan(d, p["edge"], self.splits[d], p["batch_time_s"], p["round_time_s"],
-                                        p["device_flops_per_s"]) for d, p in st["plans"].items()}
+                                        p["device_flops_per_s"], p["observed"] and Observed(*p["observed"]))
+                          for d, p in st["plans"].items()}
+        self.observed = {d: (edge, Observed(*o)) for d, (edge, o) in st["observed"].items()}
         alive = set(st["edges"])
         if CLOUD_EDGE in alive:
             self.cloud_edge()
@@ -579,13 +611,16 @@ class Orchestrator:
 
     def round_clock(self, reports: list[TrainReport], extra_s: dict[str, float] | None = None,
                     offset_s: float = 0.0) -> float:
+        """Virtual seconds the reports' work took, with every resource as it was at the start of the
+        work (``offset_s`` after the round began) and held for that period (orchestrator/resources.py)."""
         sc = self.scenario
+        t = self.virtual_time_s + offset_s
+        res = self.resources
         times = []
         for r in reports:
-            d = self.devices[r.device_id]
-            edge = sc.edge(r.edge) if r.edge else sc.edges[0]
-            speeds = (d.flops_per_s, edge.flops_per_s, sc.cloud.flops_per_s)
-            links = LinkRates(d.bandwidth_mbps * 1e6, edge.cloud_bandwidth_mbps * 1e6)
+            edge = r.edge or sc.edges[0].name
+            speeds = (res.device_flops_per_s(r.device_id, t), res.edge_flops_per_s(edge, t), sc.cloud.flops_per_s)
+            links = LinkRates(res.device_bandwidth_bps(r.device_id, t), res.edge_cloud_bandwidth_bps(edge, t))
             times.append(device_round_time(r.device_id, r.edge, r.compute_s, speeds, r.bytes_up, r.bytes_down,
                                            links, self.device_param_bytes(r.device_id), self.host_speed,
                                            (extra_s or {}).get(r.device_id, 0.0)))

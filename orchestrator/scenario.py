@@ -16,6 +16,13 @@ import numpy as np
 import yaml
 
 from orchestrator.errors import TierflowError
+from orchestrator.resources import (
+    AvailabilitySpec,
+    AvailabilityState,
+    BandwidthWalkSpec,
+    ResourcesSpec,
+    read_trace,
+)
 from orchestrator.validate import Fields
 from tiers.optim import OPTIMIZERS, OptimizerSpec
 
@@ -122,6 +129,7 @@ class Scenario:
     mobility: MobilitySpec = field(default_factory=MobilitySpec)
     policy: PolicySpec = field(default_factory=PolicySpec)
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
 
     def edge(self, name: str) -> EdgeSpec:
         if name == CLOUD_EDGE:
@@ -265,13 +273,14 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path(".")) -> Scenar
         time=ex_f.string("time", "emulated", choices=("emulated", "real")),
     )
     ex_f.reject_unknown()
+    resources = _resources(top.sub("resources", {}), base_dir, [d.name for d in devices], [e.name for e in edges])
     if split is None:
         if policy.placement == "fixed" and any(d.split is None for d in devices):
             top.fail("split", "a default split (a list of cut layers) when placement is fixed", None)
         split = ()
     top.reject_unknown()
     return Scenario(name, source, cloud, tuple(edges), tuple(devices), model, dataset, training,
-                    aggregation, split, mobility, policy, execution)
+                    aggregation, split, mobility, policy, execution, resources)
 
 
 def _edge_name(f: Fields) -> str:
@@ -369,3 +378,53 @@ def _mobility(f: Fields, base_dir: Path) -> MobilitySpec:
     )
     f.reject_unknown()
     return spec
+
+
+def _device_list(f: Fields, key: str, devices: list[str]) -> tuple[str, ...] | None:
+    value = f.get(key, None)
+    if value is None:
+        return None
+    known = set(devices)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v in known for v in value):
+        f.fail(key, "a list of device names of this scenario", value)
+    return tuple(value)
+
+
+def _resources(f: Fields, base_dir: Path, devices: list[str], edges: list[str]) -> ResourcesSpec:
+    """The ``resources:`` section: a trace file and/or random processes (see orchestrator/resources.py)."""
+    trace_path = f.get("trace", None)
+    rows: tuple = ()
+    if trace_path is not None:
+        trace_path = f.string("trace")
+        trace_path = str(base_dir / trace_path) if not Path(trace_path).is_absolute() else trace_path
+        try:
+            rows = read_trace(trace_path, devices + edges)
+        except TierflowError as exc:
+            raise TierflowError(f"{f.source}: {f.field('trace')}: {exc}") from exc
+    availability = None
+    if f.get("availability", None) is not None:
+        af = f.sub("availability")
+        sf = af.sub("states")
+        states = []
+        for state_name in list(sf.data):
+            st = sf.sub(str(state_name))
+            states.append(AvailabilityState(str(state_name), st.number("multiplier", positive=True),
+                                            st.number("mean_s", positive=True)))
+            st.reject_unknown()
+        if len(states) < 2:
+            af.fail("states", "at least two states, each {multiplier, mean_s}", sf.data)
+        availability = AvailabilitySpec(tuple(states), af.number("dt_s", 10.0, positive=True),
+                                        _device_list(af, "devices", devices))
+        af.reject_unknown()
+    walk = None
+    if f.get("bandwidth_walk", None) is not None:
+        wf = f.sub("bandwidth_walk")
+        lo = wf.number("min", 0.1, positive=True)
+        hi = wf.number("max", 2.0, positive=True)
+        if lo > hi:
+            wf.fail("max", f"a number >= min ({lo:g})", hi)
+        walk = BandwidthWalkSpec(wf.number("sigma", positive=True), wf.number("dt_s", 10.0, positive=True), lo, hi,
+                                 _device_list(wf, "devices", devices))
+        wf.reject_unknown()
+    f.reject_unknown()
+    return ResourcesSpec(rows, trace_path, availability, walk)

@@ -37,6 +37,8 @@ EXPECTED = {
     "cifar_without_path.yaml": "dataset.path: expected the local directory holding CIFAR-10's python batches",
     "bad_position.yaml": "devices[0].position: expected a pair of numbers [x, y], got [10]",
     "trace_without_file.yaml": "mobility.trace: missing (required)",
+    "resource_trace_bad_line.yaml": "resources.trace: ",  # then the CSV, its line and field (below)
+    "resource_walk_unknown_device.yaml": "resources.bandwidth_walk.devices: expected a list of device names",
 }
 
 
@@ -72,3 +74,8 @@ def test_cli_exits_non_zero_without_traceback():
     assert proc.returncode == 2
     assert "devices[0].bandwidth_mbps: expected a positive number, got -5" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_bad_resource_trace_names_the_csv_line_and_field(capsys):
+    assert main(["run", str(BAD / "resource_trace_bad_line.yaml")]) == 2
+    assert "resource_trace_bad_line.csv:3: flops_per_s: expected a number, got 'fast'" in capsys.readouterr().err
