@@ -29,6 +29,11 @@ class RoundPolicy(Protocol):
     def run_round(self, orch: Orchestrator) -> RoundResult:
         """Train and aggregate one round; leave the new global model in ``orch.global_state``."""
 
+    def export_state(self) -> dict:
+        """What the policy carries from round to round, as JSON (for checkpoints)."""
+
+    def import_state(self, state: dict) -> None: ...
+
 
 class SyncRounds:
     """HierFAVG / FedAvg: every device trains ``local_steps`` per period in parallel; the round
@@ -36,6 +41,12 @@ class SyncRounds:
     cloud after ``cloud_every`` periods."""
 
     name = "sync"
+
+    def export_state(self) -> dict:
+        return {}
+
+    def import_state(self, state: dict) -> None:
+        pass
 
     def run_round(self, orch: Orchestrator) -> RoundResult:
         sc = orch.scenario
@@ -58,11 +69,10 @@ class SyncRounds:
         return RoundResult(reports, virtual_round)
 
 
-ROUND_POLICIES: dict[str, type] = {"sync": SyncRounds}
-
-
 def round_policy_for(rings: int | str) -> RoundPolicy:
     """``policy.rings: off`` trains synchronously; anything else trains in capability rings."""
-    if rings != "off" and "rings" in ROUND_POLICIES:
-        return ROUND_POLICIES["rings"]()
-    return SyncRounds()
+    if rings == "off":
+        return SyncRounds()
+    from orchestrator.rings_round import RingRounds
+
+    return RingRounds()

@@ -98,10 +98,13 @@ class Orchestrator:
         self.graph = None
         self.measured_flops: dict[str, float] = {}
         self.observed: dict[str, tuple] = {}  # device -> (edge, planning.Observed), smoothed per round
-        if scenario.policy.placement == "adaptive":
-            from orchestrator.planning import layer_graph, plan_all
+        if scenario.policy.placement == "adaptive" or scenario.policy.rings != "off":
+            from orchestrator.planning import layer_graph
 
-            self.graph = layer_graph(scenario, self.shape)
+            self.graph = layer_graph(scenario, self.shape)  # rings predict round times with it too
+        if scenario.policy.placement == "adaptive":
+            from orchestrator.planning import plan_all
+
             self.plans = plan_all(scenario, self.graph, self.session_at)
             self.splits = {d: p.key for d, p in self.plans.items()}
         self.devices = {d.name: d for d in scenario.devices}
@@ -177,7 +180,8 @@ class Orchestrator:
         return calls
 
     # ----- one round -----
-    def train_segment(self, steps: dict[str, int]) -> tuple[list[TrainReport], dict[str, str]]:
+    def train_segment(self, steps: dict[str, int], session_ids: dict[str, str] | None = None
+                      ) -> tuple[list[TrainReport], dict[str, str]]:
         """Train each listed device for its number of steps, all hosts at once.
 
         Returns the reports and the devices that failed, with why: a host that died or did not
@@ -187,7 +191,8 @@ class Orchestrator:
         jobs: list[list] = [[] for _ in self.hosts]
         for device_id, n in sorted(steps.items()):
             edge = self.session_at[device_id]
-            jobs[self.host_of[device_id]].append((device_id, n, self.endpoints[edge], edge))
+            jobs[self.host_of[device_id]].append((device_id, n, self.endpoints[edge], edge,
+                                                  (session_ids or {}).get(device_id)))
         calls = {h: self.hosts[h].train_many.remote(j) for h, j in enumerate(jobs) if j}
         ready, _ = ray.wait(list(calls.values()), num_returns=len(calls),
                             timeout=self.scenario.policy.round_deadline_s)
@@ -450,6 +455,7 @@ class Orchestrator:
                           "observed": None if p.observed is None else list(astuple(p.observed))}
                       for d, p in getattr(self, "plans", {}).items()},
             "observed": {d: [edge, list(astuple(o))] for d, (edge, o) in self.observed.items()},
+            "round_policy": self.round_policy.export_state(),
         }
         save_checkpoint(self.options.out_dir, Checkpoint(state, self.global_state, devices, sessions))
 
@@ -473,6 +479,7 @@ class Orchestrator:
                                         p["device_flops_per_s"], p["observed"] and Observed(*p["observed"]))
                           for d, p in st["plans"].items()}
         self.observed = {d: (edge, Observed(*o)) for d, (edge, o) in st["observed"].items()}
+        self.round_policy.import_state(st["round_policy"])
         alive = set(st["edges"])
         if CLOUD_EDGE in alive:
             self.cloud_edge()
@@ -694,7 +701,7 @@ class Orchestrator:
             event = self.round_event(rnd, reports, accuracy, loss, now - t_start,
                                      virtual_round if sc.execution.time == "emulated" else wall_round, result.rings)
             log.emit(event)
-            if self.graph is not None:
+            if sc.policy.placement == "adaptive":
                 self.measure_speeds(reports)
                 self.replan()  # after the event, which reports the splits this round trained
             if self.time_to_target is None and accuracy >= sc.training.target_accuracy:

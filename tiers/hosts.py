@@ -149,11 +149,12 @@ class DeviceHost:
             self.devices[s.device_id] = LogicalDevice(s, BatchSampler(len(s.y), s.batch_size, s.seed))
         return len(self.devices)
 
-    def configure(self, device_id: str, key: SplitKey, state: Mapping[str, np.ndarray]) -> None:
-        """(Re)build a device's stage for a split, loading its part of the model from ``state``."""
+    def configure(self, device_id: str, key: SplitKey, state: Mapping[str, np.ndarray], fresh: bool = False) -> None:
+        """(Re)build a device's stage for a split, loading its part of the model from ``state``;
+        ``fresh`` also starts its optimizer state afresh (a ring's first hop, like its session)."""
         device = self.devices[device_id]
         old = device.session
-        if old is None or old.key != key:
+        if old is None or old.key != key or fresh:
             runner = self.factory.runner(key, 0, self.optimizer)
             device.session = Session(device_id, 0, key, runner, float(len(device.setup.y)))
         load_partition(device.session.runner, state)
@@ -162,9 +163,14 @@ class DeviceHost:
         for d in device_ids:
             load_partition(self.devices[d].session.runner, state)
 
-    def train(self, device_id: str, steps: int, edge, edge_name: str | None) -> TrainReport:
-        """Run ``steps`` split-training steps; ``edge`` is the edge actor (None: device-only)."""
+    def train(self, device_id: str, steps: int, edge, edge_name: str | None,
+              session_id: str | None = None) -> TrainReport:
+        """Run ``steps`` split-training steps; ``edge`` is the edge actor (None: device-only).
+
+        ``session_id`` names the server-side session to step against when it is not the device's
+        own (a capability ring's shared session)."""
         device = self.devices[device_id]
+        upper_id = session_id or device_id
         session = device.session
         runner = session.runner
         n_tiers = session.key.n_tiers
@@ -183,7 +189,7 @@ class DeviceHost:
                 acts = runner.forward([x], track_input_grad=False)
                 compute[0] += time.perf_counter() - t0
                 up[0] += wire_bytes(acts) + y.nbytes
-                reply = step_upper(edge, self.client, device_id, acts, y)
+                reply = step_upper(edge, self.client, upper_id, acts, y)
                 down[0] += wire_bytes(reply.grads)
                 t0 = time.perf_counter()
                 runner.backward(reply.grads)
@@ -220,6 +226,15 @@ class DeviceHost:
                 out.append(TrainReport(device_id, edge_name, 0, 0, 0.0, 0, (0.0, 0.0, 0.0), (0, 0), (0, 0),
                                        n_tiers, True, f"{type(exc).__name__}: {exc}"))
         return out
+
+    def export_stage(self, device_id: str) -> tuple[dict, dict[str, np.ndarray]]:
+        """The device-side stage (weights and optimizer state): what a ring passes member to member."""
+        return self.devices[device_id].session.export()
+
+    def import_stage(self, device_id: str, meta: dict, arrays: Mapping[str, np.ndarray]) -> None:
+        session = Session.from_export(meta, arrays, self.factory, self.optimizer)
+        session.device_id = device_id
+        self.devices[device_id].session = session
 
     # ----- checkpoints: a device's state as plain arrays (never pickle) -----
     def export_devices(self) -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
@@ -330,6 +345,10 @@ class SessionHost:
 
     def session_ids(self) -> list[str]:
         return sorted(self.sessions)
+
+    def session_state(self, session_id: str) -> dict[str, np.ndarray]:
+        with self.lock:
+            return partition_state(self.sessions[session_id].runner)
 
     def export_sessions(self) -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
         with self.lock:
