@@ -84,6 +84,21 @@ def _format_instance(result: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from orchestrator.compare import compare, parse_policies
+    from orchestrator.scenario import load_scenario
+
+    names = parse_policies(args.policies)  # before Ray starts, like the scenario
+    scenario = load_scenario(args.scenario)
+    if args.rounds is not None and args.rounds < 1:
+        raise TierflowError(f"--rounds: expected an integer >= 1, got {args.rounds}")
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.scenario).stem}-compare"
+    compare(scenario, names, out, address=args.address, rounds=args.rounds)
+    print((out / "compare.md").read_text())
+    print(f"written: {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import render_report
 
@@ -108,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("target", help="a scenario file, or a bare cost-graph instance (.json)")
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(func=cmd_plan)
+    cmp = sub.add_parser("compare", help="run a scenario under several policies; write a table and a plot")
+    cmp.add_argument("scenario")
+    cmp.add_argument("--policies", help="comma-separated variants (default: all): device-only, fixed, adaptive, "
+                                        "adaptive+rings, adaptive+rings+restart, adaptive+rings+static")
+    cmp.add_argument("--out", help="output directory (default: runs/<scenario>-compare)")
+    cmp.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
+    cmp.add_argument("--rounds", type=int, help="override training.rounds (a quick look)")
+    cmp.set_defaults(func=cmd_compare)
     report = sub.add_parser("report", help="plot a run directory's event log to PNG files")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)

@@ -764,12 +764,21 @@ class Orchestrator:
             for k, link in enumerate(LINKS):
                 bytes_round[link]["up"] += r.bytes_up[k]
                 bytes_round[link]["down"] += r.bytes_down[k]
+            # Model sync, as the clock charges it: the device-side layers up and the aggregate back.
+            sync = self.device_param_bytes(r.device_id)
+            bytes_round["device-edge"]["up"] += sync
+            bytes_round["device-edge"]["down"] += sync
             for k, tier in enumerate(compute):
                 compute[tier] += r.compute_s[k]
             samples += r.samples
             if r.finite:  # a poisoned device's loss is reported as a failure, not averaged in
                 loss_sum += r.loss_sum
                 finite_samples += r.samples
+        # Each edge that trained sends its aggregate to the cloud and gets the global model back.
+        model_bytes = sum(int(v.nbytes) for v in self.global_state.values())
+        edges_used = len({r.edge for r in reports if r.edge not in (None, CLOUD_EDGE)})
+        bytes_round["edge-cloud"]["up"] += model_bytes * edges_used
+        bytes_round["edge-cloud"]["down"] += model_bytes * edges_used
         for link in LINKS:
             for direction in ("up", "down"):
                 self.bytes_total[link][direction] += bytes_round[link][direction]
