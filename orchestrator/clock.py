@@ -7,8 +7,11 @@ What a device's virtual time in a round includes, and nothing else:
 - model sync: the device-side parameters down and up once per round on its device-edge link;
 - handovers: a migration's measured pause plus its state bytes over the edge-to-edge backhaul.
 An edge server's compute is shared: the round cannot end before the edge has done all of its
-devices' edge work back to back, so the round time is the larger of the slowest device and the
-busiest edge. Aggregation arithmetic and Ray's own overhead are not counted.
+devices' edge work back to back, and likewise the cloud for every device's cloud layers, so the
+round time is the largest of the slowest device, the busiest edge and the cloud.
+Resources may vary in time (orchestrator/resources.py); each period is charged at the speeds and
+bandwidths of its start, held for the period. Aggregation arithmetic and Ray's own overhead are not
+counted.
 """
 
 from __future__ import annotations
@@ -73,11 +76,12 @@ def device_round_time(device_id: str, edge: str | None, measured_compute_s: tupl
 
 
 def round_time(times: Iterable[DeviceRoundTime]) -> float:
-    """Slowest device, or busiest edge if its shared compute takes longer."""
+    """Slowest device, or the busiest edge, or the cloud, if their shared compute takes longer."""
     times = list(times)
     if not times:
         return 0.0
     edge_busy: dict[str | None, float] = {}
     for t in times:
         edge_busy[t.edge] = edge_busy.get(t.edge, 0.0) + t.compute_s[1]
-    return max(max(t.total_s for t in times), max(edge_busy.values()))
+    cloud_busy = sum(t.compute_s[2] for t in times)  # one cloud serves every device's cloud layers
+    return max(max(t.total_s for t in times), max(edge_busy.values()), cloud_busy)

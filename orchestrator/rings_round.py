@@ -217,6 +217,8 @@ class RingRounds:
                 t = orch.virtual_time_s + clock[ring.ring_id]
                 edge_busy[r.edge] = edge_busy.get(r.edge, 0.0) + \
                     r.compute_s[1] * orch.host_speed / orch.resources.edge_flops_per_s(r.edge, t)
+                edge_busy["@cloud-tier"] = edge_busy.get("@cloud-tier", 0.0) + \
+                    r.compute_s[2] * orch.host_speed / sc.cloud.flops_per_s
             self._check_handovers(orch, min(clock.values()) if clock else 0.0)
         models = []
         for ring in plan.rings:

@@ -112,3 +112,15 @@ def test_the_emulated_clock_charges_bytes_over_the_bandwidth_of_the_moment(tmp_p
         assert math.isclose(orch.round_clock([report]), expected, rel_tol=1e-12), t
     orch.virtual_time_s = 0.0
     assert math.isclose(orch.round_clock([report], offset_s=10.0), (8 * 375_000 + sync_bits) / 1e6, rel_tol=1e-12)
+
+
+def test_the_cloud_and_each_edge_are_shared_by_the_devices_they_serve():
+    from orchestrator.clock import DeviceRoundTime, round_time
+
+    a = DeviceRoundTime("a", "e0", (0.1, 0.5, 1.0), 0.0, 0.0)
+    b = DeviceRoundTime("b", "e1", (0.1, 0.5, 1.0), 0.0, 0.0)
+    c = DeviceRoundTime("c", "e1", (0.1, 0.8, 0.0), 0.0, 0.0)
+    assert round_time([a]) == pytest.approx(1.6)  # alone: its own chain
+    assert round_time([a, b]) == pytest.approx(2.0)  # both need the one cloud for a second
+    assert round_time([b, c]) == pytest.approx(1.6)  # the chain of b is the longest
+    assert round_time([c, DeviceRoundTime("d", "e1", (0.0, 0.9, 0.0), 0.0, 0.0)]) == pytest.approx(1.7)  # edge e1
