@@ -116,11 +116,12 @@ class RingRounds:
 
     # ----- forming rings -----
     def _profile(self, orch: Orchestrator, device: str, key_edge: str):
-        from orchestrator.planning import profile_for
+        from orchestrator.planning import profile_for, shares_for
 
         seen = orch.observed.get(device)
         observed = seen[1] if seen and seen[0] == key_edge else None
-        profile = profile_for(orch.scenario, orch.devices[device], key_edge, observed=observed)
+        profile = profile_for(orch.scenario, orch.devices[device], key_edge, observed=observed,
+                              shares=shares_for(orch.session_at)[device])
         return replace(profile, steps_per_round=orch.scenario.training.local_steps)
 
     def predicted_hop_s(self, orch: Orchestrator, device: str, key: SplitKey) -> float:
@@ -144,13 +145,15 @@ class RingRounds:
     def ring_key(self, orch: Orchestrator, members: tuple[str, ...]) -> SplitKey:
         if orch.scenario.policy.placement != "adaptive":
             return orch.splits[members[0]]
-        from orchestrator.planning import plan_device
+        from orchestrator.planning import plan_device, shares_for
 
         slowest = max(members, key=lambda d: self.predicted_hop_s(orch, d, orch.splits[d]))
         seen = orch.observed.get(slowest)
         edge = orch.session_at[slowest]
         observed = seen[1] if seen and seen[0] == edge else None
-        return plan_device(orch.scenario, orch.graph, orch.devices[slowest], edge, observed=observed).key
+        shares = shares_for(orch.session_at)[slowest]
+        return plan_device(orch.scenario, orch.graph, orch.devices[slowest], edge, observed=observed,
+                           shares=shares).key
 
     def plan(self, orch: Orchestrator) -> RingRoundPlan:
         members = sorted(d for d in orch.devices if orch.available(d))

@@ -399,9 +399,10 @@ class Orchestrator:
         A device whose split changes starts its new stages from the global model it just received;
         its optimizer state for the moved layers starts afresh (the layers now live elsewhere).
         """
-        from orchestrator.planning import any_drifted, plan_device, switch_pays
+        from orchestrator.planning import any_drifted, plan_device, shares_for, switch_pays
 
         self.observe()
+        shares = shares_for(self.session_at)
         changed = []
         for d, plan in list(self.plans.items()):
             edge = self.session_at[d]
@@ -409,9 +410,9 @@ class Orchestrator:
             moved = plan.edge != edge
             if not moved and (plan.observed is None or not any_drifted(plan.observed, seen)):
                 continue
-            new = plan_device(self.scenario, self.graph, self.devices[d], edge, observed=seen)
+            new = plan_device(self.scenario, self.graph, self.devices[d], edge, observed=seen, shares=shares[d])
             if not moved and new.key != self.splits[d] and not switch_pays(
-                    self.scenario, self.graph, self.devices[d], edge, self.splits[d], new, seen):
+                    self.scenario, self.graph, self.devices[d], edge, self.splits[d], new, seen, shares[d]):
                 continue  # keep the current split and the plan's assumptions: drift is measured from them
             self.plans[d] = new
             if new.key != self.splits[d]:
