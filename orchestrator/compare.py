@@ -1,16 +1,20 @@
 """``tierflow compare``: one scenario, the same seeds, under several policies; a table and a plot.
 
-Each variant is a small named object that derives a scenario from the base one (conventions: a
+Each variant is a small named value that derives a scenario from the base one (conventions: a
 policy is an object chosen by name). The runs happen one after another in one Ray instance; each
-writes its own run directory, and the comparison reads their summaries and event logs.
+writes its own run directory, and the comparison reads their summaries and event logs. Two
+variants that derive the very same scenario (``adaptive+rings`` and ``adaptive+rings+migrate``
+when the scenario already migrates) share one run rather than training twice.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from orchestrator.errors import TierflowError
@@ -20,49 +24,57 @@ from orchestrator.scenario import MobilitySpec, Scenario
 
 @dataclass(frozen=True)
 class Variant:
+    """A policy to compare: what it changes in the scenario, and nothing else."""
+
     name: str
     what: str
-    derive: Callable[[Scenario], Scenario]
+    placement: str = "fixed"  # fixed | adaptive
+    rings: bool = False  # True: the scenario's ring count if it sets one, else auto
+    handover: str | None = None  # migrate | restart; None: the scenario's own
+    offload: bool = True  # False: every layer on the device (a 1-tier split: plain FedAvg/HierFAVG)
+    mobile: bool = True  # False: nobody moves (what handovers cost, whichever policy handles them)
 
-
-def _policy(sc: Scenario, **changes) -> Scenario:
-    return replace(sc, policy=replace(sc.policy, **changes))
-
-
-def _rings(sc: Scenario) -> int | str:
-    return sc.policy.rings if sc.policy.rings != "off" else "auto"
-
-
-def _device_only(sc: Scenario) -> Scenario:
-    devices = tuple(replace(d, split=None) for d in sc.devices)
-    return _policy(replace(sc, devices=devices, split=()), placement="fixed", rings="off")
+    def derive(self, sc: Scenario) -> Scenario:
+        rings = (sc.policy.rings if sc.policy.rings != "off" else "auto") if self.rings else "off"
+        policy = replace(sc.policy, placement=self.placement, rings=rings,
+                         handover=self.handover or sc.policy.handover)
+        sc = replace(sc, policy=policy)
+        if not self.offload:
+            # No cuts is one tier: the device holds the whole model (tiers/split.py, len(cuts) + 1 tiers).
+            sc = replace(sc, split=(), devices=tuple(replace(d, split=None) for d in sc.devices))
+        if not self.mobile:
+            # Same checking cadence, so the only difference is that no one crosses a boundary.
+            sc = replace(sc, mobility=MobilitySpec(round_duration_s=sc.mobility.round_duration_s,
+                                                   check_every_steps=sc.mobility.check_every_steps))
+        return sc
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in [
-    Variant("device-only", "FedAvg with every layer on the device (no offloading)", _device_only),
-    Variant("fixed", "the scenario's fixed split, synchronous rounds",
-            lambda sc: _policy(sc, placement="fixed", rings="off")),
+    Variant("device-only", "every layer on the device, no offloading (FedAvg under the scenario's aggregation)",
+            offload=False),
+    Variant("fixed", "the scenario's split for every device, synchronous rounds"),
     Variant("adaptive", "per-device exact placement, re-planned as resources drift, synchronous rounds",
-            lambda sc: _policy(sc, placement="adaptive", rings="off")),
-    Variant("adaptive+rings", "adaptive placement, capability rings, sessions migrate on handover",
-            lambda sc: _policy(sc, placement="adaptive", rings=_rings(sc), handover="migrate")),
-    Variant("adaptive+rings+restart", "as adaptive+rings, but a moved session restarts (no migration)",
-            lambda sc: _policy(sc, placement="adaptive", rings=_rings(sc), handover="restart")),
-    Variant("adaptive+rings+static", "as adaptive+rings with nobody moving: what handovers cost",
-            lambda sc: replace(_policy(sc, placement="adaptive", rings=_rings(sc), handover="migrate"),
-                               mobility=MobilitySpec(round_duration_s=sc.mobility.round_duration_s,
-                                                     check_every_steps=sc.mobility.check_every_steps))),
+            placement="adaptive"),
+    Variant("adaptive+rings", "adaptive placement, capability rings, the scenario's handover policy",
+            placement="adaptive", rings=True),
+    Variant("adaptive+rings+migrate", "adaptive+rings; a moved device's session migrates edge to edge",
+            placement="adaptive", rings=True, handover="migrate"),
+    Variant("adaptive+rings+restart", "adaptive+rings; a moved device's session is dropped and its work restarts",
+            placement="adaptive", rings=True, handover="restart"),
+    Variant("adaptive+rings+static", "adaptive+rings+migrate with nobody moving: the no-handover reference",
+            placement="adaptive", rings=True, handover="migrate", mobile=False),
 ]}
 
 
 def parse_policies(text: str | None) -> list[str]:
-    if not text:
+    """Variant names from ``--policies`` (default: all), in the order given; unknown names fail."""
+    if text is None:
         return list(VARIANTS)
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     unknown = [n for n in names if n not in VARIANTS]
     if unknown or not names:
         raise TierflowError(f"--policies: expected a comma-separated list of {', '.join(VARIANTS)}; "
-                            f"got {', '.join(unknown) or repr(text)}")
+                            f"got {', '.join(unknown) if unknown else repr(text)}")
     return names
 
 
@@ -70,6 +82,7 @@ def parse_policies(text: str | None) -> list[str]:
 class Row:
     variant: str
     time_to_target_s: float | None  # virtual seconds; None: not reached
+    target_round: int | None
     final_accuracy: float
     rounds: int
     virtual_time_s: float
@@ -80,75 +93,99 @@ class Row:
     migrations: int
     restarts: int
     curve: list[tuple[float, float]]  # (virtual time, accuracy) after each round
+    policy: str = ""
+    same_as: str | None = None  # this variant's scenario equals that one's: its run is reused
 
 
 def row_from_run(variant: str, run_dir: Path) -> Row:
     summary = json.loads((run_dir / "summary.json").read_text())
-    curve = [(e["virtual_time_s"], e["accuracy"]) for e in read_events(run_dir / "events.jsonl")
+    curve = [(float(e["virtual_time_s"]), float(e["accuracy"])) for e in read_events(run_dir / "events.jsonl")
              if e["event"] == "round_end"]
     ttt = summary.get("time_to_target")
-    return Row(variant, None if ttt is None else float(ttt["virtual_time_s"]), float(summary["final_accuracy"]),
-               int(summary["rounds"]), float(summary["virtual_time_s"]), float(summary["wall_time_s"]),
-               dict(summary["bytes_up"]), dict(summary["bytes_down"]), int(summary["handovers"]),
-               int(summary["migrations"]), int(summary["restarts"]), curve)
+    reached = ttt is not None
+    return Row(variant, float(ttt["virtual_time_s"]) if reached else None, int(ttt["round"]) if reached else None,
+               float(summary["final_accuracy"]), int(summary["rounds"]), float(summary["virtual_time_s"]),
+               float(summary["wall_time_s"]), {k: int(v) for k, v in summary["bytes_up"].items()},
+               {k: int(v) for k, v in summary["bytes_down"].items()}, int(summary["handovers"]),
+               int(summary["migrations"]), int(summary["restarts"]), curve, str(summary.get("policy", "")))
 
 
 def ratio(rows: dict[str, Row], slower: str, faster: str) -> tuple[float | None, str]:
     """time-to-target(slower) / time-to-target(faster), or why it cannot be computed."""
-    if slower not in rows or faster not in rows:
-        return None, f"n/a ({slower if slower not in rows else faster} was not run)"
-    a, b = rows[slower].time_to_target_s, rows[faster].time_to_target_s
-    missing = [n for n, t in ((slower, a), (faster, b)) if t is None]
+    missing = [n for n in (slower, faster) if n not in rows]
     if missing:
-        return None, f"n/a ({' and '.join(missing)} did not reach the target)"
-    return a / b, f"{a / b:.2f}"
+        return None, f"n/a ({' and '.join(missing)} {'was' if len(missing) == 1 else 'were'} not run)"
+    a, b = rows[slower].time_to_target_s, rows[faster].time_to_target_s
+    missed = [n for n, t in ((slower, a), (faster, b)) if t is None]
+    if missed:
+        return None, f"n/a ({' and '.join(missed)} did not reach the target)"
+    if b <= 0:
+        return None, f"n/a ({faster} reached the target at time 0)"
+    return a / b, f"{a / b:.2f} ({a:.1f} s / {b:.1f} s)"
 
 
 def migration_saving(rows: dict[str, Row]) -> tuple[float | None, str]:
-    """Share of the time restarting loses (over nobody moving) that migrating saves."""
-    names = ("adaptive+rings+restart", "adaptive+rings", "adaptive+rings+static")
+    """Share of the time restarting loses over nobody moving that migrating wins back (FedFly's measure)."""
+    names = ("adaptive+rings+restart", "adaptive+rings+migrate", "adaptive+rings+static")
     if any(n not in rows or rows[n].time_to_target_s is None for n in names):
-        return None, "n/a (needs adaptive+rings, +restart and +static, all reaching the target)"
+        return None, "n/a (needs adaptive+rings+restart, +migrate and +static, all reaching the target)"
     restart, migrate, static = (rows[n].time_to_target_s for n in names)
     lost = restart - static
     if lost <= 0:
-        return None, f"n/a (restarting lost no time: {restart:.1f} s vs {static:.1f} s without moving)"
-    return (restart - migrate) / lost, f"{100 * (restart - migrate) / lost:.0f}%"
+        return None, f"n/a (restarting lost no time: {restart:.1f} s vs {static:.1f} s with nobody moving)"
+    return (restart - migrate) / lost, f"{100 * (restart - migrate) / lost:.0f}% of {lost:.1f} s"
+
+
+RATIOS = {  # label -> (slower, faster): the comparisons issue 5 asks for, and one more
+    "device-only / adaptive": ("device-only", "adaptive"),
+    "restart / migrate": ("adaptive+rings+restart", "adaptive+rings+migrate"),
+    "sync / rings": ("adaptive", "adaptive+rings"),
+    "fixed / adaptive": ("fixed", "adaptive"),
+}
 
 
 def summary_ratios(rows: dict[str, Row]) -> dict[str, tuple[float | None, str]]:
-    return {
-        "device-only / adaptive": ratio(rows, "device-only", "adaptive"),
-        "restart / migrate": ratio(rows, "adaptive+rings+restart", "adaptive+rings"),
-        "sync / rings": ratio(rows, "adaptive", "adaptive+rings"),
-        "fixed / adaptive": ratio(rows, "fixed", "adaptive"),
-        "migration saves of what restarting loses": migration_saving(rows),
-    }
+    out = {label: ratio(rows, a, b) for label, (a, b) in RATIOS.items()}
+    out["migration wins back, of what restarting loses"] = migration_saving(rows)
+    return out
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
 
 
+LINK_NAMES = ("device-edge", "edge-cloud")
+
+
 def markdown(rows: Sequence[Row], target: float) -> str:
-    lines = [f"| variant | time to {target:.0%} (virtual s) | final accuracy | rounds | device-edge up/down | "
-             "edge-cloud up/down | handovers | migrations | restarts |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| variant | time to {target:.0%} (virtual s) | final accuracy | rounds | virtual s (all rounds) | "
+             "device-edge up / down | edge-cloud up / down | handovers / migrations / restarts |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        ttt = "not reached" if r.time_to_target_s is None else f"{r.time_to_target_s:.1f}"
-        de = f"{_human(r.bytes_up['device-edge'])} / {_human(r.bytes_down['device-edge'])}"
-        ec = f"{_human(r.bytes_up['edge-cloud'])} / {_human(r.bytes_down['edge-cloud'])}"
-        lines.append(f"| {r.variant} | {ttt} | {r.final_accuracy:.3f} | {r.rounds} | {de} | {ec} | {r.handovers} | "
-                     f"{r.migrations} | {r.restarts} |")
-    by_name = {r.variant: r for r in rows}
+        ttt = "not reached" if r.time_to_target_s is None else f"{r.time_to_target_s:.1f} (round {r.target_round})"
+        links = [f"{human_bytes(r.bytes_up.get(k, 0))} / {human_bytes(r.bytes_down.get(k, 0))}" for k in LINK_NAMES]
+        lines.append(f"| {r.variant} | {ttt} | {r.final_accuracy:.3f} | {r.rounds} | {r.virtual_time_s:.1f} | "
+                     f"{links[0]} | {links[1]} | {r.handovers} / {r.migrations} / {r.restarts} |")
     lines.append("")
-    for label, (_, text) in summary_ratios(by_name).items():
+    for r in rows:
+        if r.same_as:
+            lines.append(f"{r.variant} derives the same scenario as {r.same_as}: one run serves both.  ")
+    lines.append("Time-to-target ratios (larger: the first is slower):")
+    lines.append("")
+    for label, (_, text) in summary_ratios({r.variant: r for r in rows}).items():
         lines.append(f"- {label}: {text}")
     return "\n".join(lines) + "\n"
+
+
+def to_json(rows: Sequence[Row], scenario: str, target: float) -> dict:
+    return {"scenario": scenario, "target_accuracy": target,
+            "rows": [asdict(r) for r in rows],
+            "ratios": {label: {"value": v, "text": text}
+                       for label, (v, text) in summary_ratios({r.variant: r for r in rows}).items()}}
 
 
 def plot(rows: Sequence[Row], target: float, path: Path) -> Path:
@@ -157,45 +194,85 @@ def plot(rows: Sequence[Row], target: float, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    shared = {r.same_as: r.variant for r in rows if r.same_as}
+    ends = [r.curve[-1][0] for r in rows if r.curve and r.curve[-1][0] > 0]
+    firsts = [r.curve[0][0] for r in rows if r.curve and r.curve[0][0] > 0]
+    log_x = bool(ends and firsts) and max(ends) / min(firsts) > 50  # fast and slow policies both readable
     for r in rows:
-        xs, ys = zip(*r.curve, strict=True) if r.curve else ((), ())
-        ax.plot(xs, ys, marker="o", markersize=3, label=r.variant)
+        if r.same_as or not r.curve:
+            continue  # drawn once, under both names
+        xs, ys = zip(*r.curve, strict=True)
+        label = r.variant if r.variant not in shared else f"{r.variant} = {shared[r.variant]}"
+        ax.plot(xs, ys, marker="o", markersize=3, label=label)
     ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
-    ax.set_xlabel("virtual time (s)")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel("virtual time (s)" + (", log scale" if log_x else ""))
     ax.set_ylabel("test accuracy")
-    ax.set_title("accuracy against (virtual) time")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    ax.set_ylim(0, 1)
+    ax.set_title("accuracy against (virtual) time, one run per policy, same scenario and seeds")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
+def _ttt_text(r: Row) -> str:
+    return "not reached" if r.time_to_target_s is None else f"{r.time_to_target_s:.1f} s (round {r.target_round})"
+
+
 def compare(scenario: Scenario, names: Sequence[str], out: Path, address: str | None = None,
             rounds: int | None = None, progress: bool = True) -> list[Row]:
+    """Run ``scenario`` under each named variant into ``out/<variant>/``; write compare.md/.json/.png."""
     from orchestrator.runner import RunOptions, run_scenario
 
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise TierflowError(f"unknown variants {', '.join(unknown)}; expected some of {', '.join(VARIANTS)}")
     if rounds is not None:
         scenario = replace(scenario, training=replace(scenario.training, rounds=rounds))
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    derived: list[tuple[str, Scenario]] = []
+    rows: list[Row] = []
+    t_all = time.perf_counter()
     for i, name in enumerate(names, 1):
-        t0 = time.perf_counter()
+        sc = VARIANTS[name].derive(scenario)
+        twin = next((n for n, s in derived if s == sc), None)
+        derived.append((name, sc))
         run_dir = out / name
-        run_scenario(VARIANTS[name].derive(scenario), RunOptions(out_dir=run_dir, address=address, progress=progress))
-        rows.append(row_from_run(name, run_dir))
+        t0 = time.perf_counter()
+        if twin is not None:
+            _link(run_dir, out / twin)
+            rows.append(replace(row_from_run(name, out / twin), same_as=twin))
+        else:
+            if run_dir.is_symlink():  # an earlier comparison shared a twin's run here: do not write into it
+                run_dir.unlink()
+            run_scenario(sc, RunOptions(out_dir=run_dir, address=address, progress=progress))
+            rows.append(row_from_run(name, run_dir))
         r = rows[-1]
-        ttt = "not reached" if r.time_to_target_s is None else f"{r.time_to_target_s:.1f} s"
-        print(f"[{i}/{len(names)}] {name}: accuracy {r.final_accuracy:.3f}, time to target {ttt} "
-              f"({time.perf_counter() - t0:.0f} s wall)", flush=True)
+        how = f"same run as {twin}" if twin else f"{time.perf_counter() - t0:.0f} s wall"
+        print(f"[{i}/{len(names)}] {name}: final accuracy {r.final_accuracy:.3f}, time to target {_ttt_text(r)}, "
+              f"{r.virtual_time_s:.1f} virtual s ({how})", flush=True)
     target = scenario.training.target_accuracy
     (out / "compare.md").write_text(markdown(rows, target))
-    by_name = {r.variant: r for r in rows}
-    doc = {"scenario": scenario.name, "target_accuracy": target,
-           "rows": [{k: v for k, v in r.__dict__.items()} for r in rows],
-           "ratios": {label: value for label, (value, _) in summary_ratios(by_name).items()}}
+    doc = to_json(rows, scenario.name, target)
+    doc["wall_time_s"] = time.perf_counter() - t_all
+    doc["variants"] = {n: asdict(VARIANTS[n]) for n in names}
     (out / "compare.json").write_text(json.dumps(doc, indent=1) + "\n")
     plot(rows, target, out / "compare.png")
     return rows
+
+
+def _link(run_dir: Path, target: Path) -> None:
+    """``run_dir`` points at the twin's run (a relative symlink, so the output folder can move)."""
+    if run_dir.is_symlink() or run_dir.is_file():
+        run_dir.unlink()
+    elif run_dir.exists():
+        if any(run_dir.iterdir()) and not (run_dir / "events.jsonl").exists():
+            raise TierflowError(f"{run_dir}: exists and is not a run directory; move it out of the way")
+        shutil.rmtree(run_dir)  # this variant's own run from an earlier comparison
+    os.symlink(os.path.relpath(target, run_dir.parent), run_dir, target_is_directory=True)
+

@@ -1,5 +1,6 @@
-"""`tierflow compare`: variants derive the intended scenarios, the table and ratios are honest
-about runs that miss the target, and one small real comparison writes its files."""
+"""`tierflow compare`: variants derive the scenarios they name, the table and ratios are honest
+about runs that miss the target, unknown names fail before Ray, and one small real comparison
+writes its files."""
 
 from __future__ import annotations
 
@@ -7,10 +8,19 @@ import json
 from pathlib import Path
 
 import pytest
-from test_runner import small_scenario
 
 from orchestrator.cli import main
-from orchestrator.compare import VARIANTS, Row, compare, markdown, migration_saving, parse_policies, summary_ratios
+from orchestrator.compare import (
+    VARIANTS,
+    Row,
+    compare,
+    human_bytes,
+    markdown,
+    migration_saving,
+    parse_policies,
+    summary_ratios,
+    to_json,
+)
 from orchestrator.errors import TierflowError
 from orchestrator.scenario import load_scenario, parse_scenario
 from orchestrator.world import build_world
@@ -18,61 +28,169 @@ from orchestrator.world import build_world
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def row(name: str, ttt: float | None, acc: float = 0.9) -> Row:
-    links = {"device-edge": 1000, "edge-cloud": 0}
-    return Row(name, ttt, acc, 5, 10.0, 3.0, links, links, 0, 0, 0, [(1.0, 0.5), (2.0, acc)])
+def row(name: str, ttt: float | None, acc: float = 0.9, same_as: str | None = None) -> Row:
+    return Row(name, ttt, None if ttt is None else 3, acc, 5, 10.0 if ttt is None else ttt + 5, 3.0,
+               {"device-edge": 1500, "edge-cloud": 2_500_000}, {"device-edge": 999, "edge-cloud": 0}, 4, 3, 1,
+               [(1.0, 0.5), (2.0, acc)], "p", same_as)
 
 
-def test_variants_derive_the_scenarios_they_name():
-    city = load_scenario(ROOT / "examples" / "city.yaml")
+@pytest.fixture(scope="module")
+def city():
+    return load_scenario(ROOT / "examples" / "city.yaml")
+
+
+def test_city_is_the_scenario_issue_5_asks_for(city):
     assert len(city.devices) >= 50 and len(city.edges) == 4
     speeds = [d.flops_per_s for d in city.devices]
     assert max(speeds) / min(speeds) >= 10
-    assert city.mobility.model == "random_waypoint" and city.dataset.partition == "dirichlet"
+    assert len({d.edge for d in city.devices}) == 4  # every edge starts with devices
+    assert city.mobility.model == "random_waypoint" and city.mobility.round_duration_s is not None
+    assert city.mobility.check_every_steps is not None
+    assert city.dataset.partition == "dirichlet" and city.model.name == "vgg5" and city.split
+    assert 0.85 <= city.training.target_accuracy <= 0.9
+
+
+def test_variants_derive_the_scenarios_they_name(city):
     device_only = VARIANTS["device-only"].derive(city)
+    assert device_only.split == () and all(d.split is None for d in device_only.devices)
     world = build_world(device_only)
-    assert {k.n_tiers for k in world.splits.values()} == {1}  # every layer on the device
-    assert VARIANTS["fixed"].derive(city).policy.placement == "fixed"
-    assert VARIANTS["adaptive"].derive(city).policy.rings == "off"
-    rings = VARIANTS["adaptive+rings"].derive(city)
-    assert (rings.policy.placement, rings.policy.rings, rings.policy.handover) == ("adaptive", "auto", "migrate")
-    assert VARIANTS["adaptive+rings+restart"].derive(city).policy.handover == "restart"
-    assert VARIANTS["adaptive+rings+static"].derive(city).mobility.model == "static"
+    assert {k.n_tiers for k in world.splits.values()} == {1}  # no cuts: every layer on the device
+    assert {k.n_tiers for k in build_world(VARIANTS["fixed"].derive(city)).splits.values()} == {len(city.split) + 1}
+
+    def policy(name):
+        p = VARIANTS[name].derive(city).policy
+        return p.placement, p.rings, p.handover
+
+    assert policy("fixed") == ("fixed", "off", city.policy.handover)
+    assert policy("adaptive") == ("adaptive", "off", city.policy.handover)
+    assert policy("adaptive+rings") == ("adaptive", "auto", city.policy.handover)
+    assert policy("adaptive+rings+migrate") == ("adaptive", "auto", "migrate")
+    assert policy("adaptive+rings+restart") == ("adaptive", "auto", "restart")
+    static = VARIANTS["adaptive+rings+static"].derive(city)
+    assert static.mobility.model == "static" and static.mobility.check_every_steps == city.mobility.check_every_steps
+    for v in VARIANTS.values():  # only policy (and, where named, the split or mobility) changes: same seeds and data
+        sc = v.derive(city)
+        assert (sc.training, sc.dataset, sc.edges, sc.aggregation) == (city.training, city.dataset, city.edges,
+                                                                       city.aggregation)
+        assert [(d.name, d.flops_per_s, d.position) for d in sc.devices] == \
+               [(d.name, d.flops_per_s, d.position) for d in city.devices]
+    # A scenario that already migrates derives one scenario for both names: compare runs it once.
+    assert city.policy.handover == "migrate"
+    assert VARIANTS["adaptive+rings"].derive(city) == VARIANTS["adaptive+rings+migrate"].derive(city)
+    assert VARIANTS["adaptive"].derive(city) != VARIANTS["adaptive+rings"].derive(city)
 
 
-def test_ratios_say_why_when_a_run_missed_the_target():
+def test_a_configured_ring_count_is_kept(city):
+    from dataclasses import replace
+
+    three = replace(city, policy=replace(city.policy, rings=3))
+    assert VARIANTS["adaptive+rings"].derive(three).policy.rings == 3
+    assert VARIANTS["adaptive"].derive(three).policy.rings == "off"
+
+
+def test_ratios_say_why_when_a_run_missed_the_target_or_was_not_run():
     rows = {r.variant: r for r in [row("device-only", 40.0), row("adaptive", 10.0), row("adaptive+rings", None),
-                                   row("adaptive+rings+restart", 12.0)]}
+                                   row("adaptive+rings+restart", 12.0), row("adaptive+rings+migrate", 8.0)]}
     ratios = summary_ratios(rows)
-    assert ratios["device-only / adaptive"] == (4.0, "4.00")
-    assert ratios["sync / rings"][0] is None and "adaptive+rings did not reach" in ratios["sync / rings"][1]
-    assert "was not run" in ratios["fixed / adaptive"][1]
-    saving = migration_saving({r.variant: r for r in [row("adaptive+rings+restart", 20.0), row("adaptive+rings", 14.0),
-                                                       row("adaptive+rings+static", 12.0)]})
-    assert saving == (0.75, "75%")  # restarting lost 8 s over not moving; migrating got 6 of them back
-    table = markdown(list(rows.values()), 0.9)
-    assert "| adaptive+rings | not reached |" in table and "1.0 KB / 1.0 KB" in table
+    assert ratios["device-only / adaptive"] == (4.0, "4.00 (40.0 s / 10.0 s)")
+    assert ratios["restart / migrate"][0] == pytest.approx(1.5)
+    assert ratios["sync / rings"] == (None, "n/a (adaptive+rings did not reach the target)")
+    assert ratios["fixed / adaptive"] == (None, "n/a (fixed was not run)")
+    both = summary_ratios({r.variant: r for r in [row("adaptive", None), row("adaptive+rings", None)]})["sync / rings"]
+    assert both == (None, "n/a (adaptive and adaptive+rings did not reach the target)")
+    assert "needs adaptive+rings+restart" in ratios["migration wins back, of what restarting loses"][1]
 
 
-def test_unknown_policy_is_a_clear_error_before_anything_runs(capsys):
-    with pytest.raises(TierflowError, match="--policies: expected"):
+def test_migration_saving_is_measured_against_nobody_moving():
+    three = {r.variant: r for r in [row("adaptive+rings+restart", 20.0), row("adaptive+rings+migrate", 14.0),
+                                    row("adaptive+rings+static", 12.0)]}
+    assert migration_saving(three) == (0.75, "75% of 8.0 s")  # restarting lost 8 s; migrating won 6 back
+    three["adaptive+rings+static"] = row("adaptive+rings+static", 21.0)
+    value, text = migration_saving(three)
+    assert value is None and "restarting lost no time" in text
+
+
+def test_markdown_and_json_tables():
+    rows = [row("fixed", 12.5), row("adaptive+rings", None),
+            row("adaptive+rings+migrate", None, same_as="adaptive+rings")]
+    table = markdown(rows, 0.9)
+    assert table.splitlines()[0].startswith("| variant | time to 90% (virtual s) | final accuracy | rounds |")
+    assert "| fixed | 12.5 (round 3) | 0.900 | 5 | 17.5 | 1.5 kB / 999 B | 2.5 MB / 0 B | 4 / 3 / 1 |" in table
+    assert "| adaptive+rings | not reached |" in table
+    assert "adaptive+rings+migrate derives the same scenario as adaptive+rings" in table
+    assert "- restart / migrate: n/a (adaptive+rings+restart was not run)" in table
+    doc = json.loads(json.dumps(to_json(rows, "s", 0.9)))  # JSON-clean
+    assert [r["variant"] for r in doc["rows"]] == ["fixed", "adaptive+rings", "adaptive+rings+migrate"]
+    assert doc["rows"][0]["bytes_up"] == {"device-edge": 1500, "edge-cloud": 2_500_000}  # raw ints
+    assert doc["rows"][1]["time_to_target_s"] is None
+    assert doc["ratios"]["sync / rings"]["value"] is None
+    assert [human_bytes(n) for n in (0, 999, 1000, 1_234_567, 5e9, 7e12)] == \
+           ["0 B", "999 B", "1.0 kB", "1.2 MB", "5.0 GB", "7.0 TB"]
+
+
+def test_policies_parse_in_order_and_unknown_names_fail_before_ray(capsys, monkeypatch):
+    assert parse_policies(None) == list(VARIANTS)
+    assert parse_policies(" fixed, device-only ,fixed") == ["fixed", "device-only"]
+    with pytest.raises(TierflowError, match="--policies: expected a comma-separated list of device-only, fixed"):
         parse_policies("adaptive,teleport")
-    assert main(["compare", str(ROOT / "examples" / "quickstart.yaml"), "--policies", "teleport"]) == 2
-    assert "teleport" in capsys.readouterr().err
+    with pytest.raises(TierflowError):
+        parse_policies(" , ")
+
+    import orchestrator.runner
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray must not start for a bad --policies")
+
+    monkeypatch.setattr(orchestrator.runner, "init_ray", no_ray)
+    assert main(["compare", str(ROOT / "examples" / "quickstart.yaml"), "--policies", "fixed,teleport"]) == 2
+    err = capsys.readouterr().err
+    assert "teleport" in err and "adaptive+rings+restart" in err
+
+
+TINY = {
+    "name": "tiny",
+    "cloud": {"flops_per_s": 1e12},
+    "edges": [{"name": "w", "position": [0, 0], "radius_m": 300, "flops_per_s": 1e11},
+              {"name": "e", "position": [400, 0], "radius_m": 300, "flops_per_s": 1e11}],
+    "devices": [{"name": "slow", "count": 2, "position": [0, 0], "flops_per_s": 1e9, "bandwidth_mbps": 20},
+                {"name": "fast", "count": 2, "position": [400, 0], "flops_per_s": 2e10, "bandwidth_mbps": 50}],
+    "model": {"name": "vgg5"},
+    "dataset": {"name": "digits", "partition": "dirichlet", "alpha": 1.0},
+    "training": {"rounds": 2, "local_steps": 2, "batch_size": 16, "seed": 3, "target_accuracy": 0.2,
+                 "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}},
+    "aggregation": {"schedule": "hierfavg", "cloud_every": 1},
+    "split": ["pool1"],
+    "mobility": {"model": "random_waypoint", "speed_mps": [20, 40], "area_m": [400, 50], "round_duration_s": 10,
+                 "check_every_steps": 1},
+    "execution": {"device_hosts": 1},
+}
 
 
 @pytest.mark.ray
-def test_a_small_comparison_writes_its_table_json_and_plot(ray_session, tmp_path):
-    spec = small_scenario("vgg5", ["pool1"], devices=4, edges=2, rounds=2, local_steps=2, cloud_every=1)
-    scenario = parse_scenario(spec, "small.yaml")
-    rows = compare(scenario, ["device-only", "fixed", "adaptive+rings"], tmp_path, progress=False)
-    assert [r.variant for r in rows] == ["device-only", "fixed", "adaptive+rings"]
+def test_a_small_comparison_writes_its_table_json_and_plot(ray_session, tmp_path, capsys):
+    scenario = parse_scenario(TINY, "tiny.yaml")
+    names = ["device-only", "fixed", "adaptive+rings", "adaptive+rings+migrate"]
+    rows = compare(scenario, names, tmp_path, progress=False)
+    assert [r.variant for r in rows] == names
+    printed = capsys.readouterr().out
+    assert "[1/4] device-only" in printed and "[4/4] adaptive+rings+migrate" in printed
+    assert "same run as adaptive+rings" in printed
     doc = json.loads((tmp_path / "compare.json").read_text())
-    assert [r["variant"] for r in doc["rows"]] == ["device-only", "fixed", "adaptive+rings"]
+    assert [r["variant"] for r in doc["rows"]] == names
     by = {r["variant"]: r for r in doc["rows"]}
-    assert by["device-only"]["bytes_up"]["device-edge"] > 0  # FedAvg still uploads the model
-    # Device-only moves the whole model each period; a split moves activations and only its first layers.
+    for r in doc["rows"]:
+        assert r["rounds"] == 2 and len(r["curve"]) == 2 and 0 <= r["final_accuracy"] <= 1
+        assert r["virtual_time_s"] > 0 and all(isinstance(v, int) and v >= 0 for v in r["bytes_up"].values())
+        assert r["migrations"] + r["restarts"] <= r["handovers"] or r["variant"] == "adaptive+rings"
+        assert (tmp_path / r["variant"] / "summary.json").exists()
+    # No offloading: nothing migrates, and the device-edge link carries only the whole model's sync.
+    assert by["device-only"]["migrations"] == by["device-only"]["restarts"] == 0
+    assert by["device-only"]["bytes_up"]["device-edge"] > 0
     assert by["fixed"]["bytes_up"]["device-edge"] != by["device-only"]["bytes_up"]["device-edge"]
-    assert all(len(r["curve"]) == 2 and 0 <= r["final_accuracy"] <= 1 for r in doc["rows"])
+    assert by["adaptive+rings+migrate"]["same_as"] == "adaptive+rings"
+    assert (tmp_path / "adaptive+rings+migrate").is_symlink()
+    assert {k: v for k, v in by["adaptive+rings+migrate"].items() if k not in ("variant", "same_as")} == \
+           {k: v for k, v in by["adaptive+rings"].items() if k not in ("variant", "same_as")}
     assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| device-only |" in (tmp_path / "compare.md").read_text()
+    md = (tmp_path / "compare.md").read_text()
+    assert all(f"| {n} |" in md for n in names) and "- device-only / adaptive: n/a (adaptive was not run)" in md
