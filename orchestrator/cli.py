@@ -125,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.set_defaults(func=cmd_plan)
     cmp = sub.add_parser("compare", help="run a scenario under several policies; write a table and a plot")
     cmp.add_argument("scenario")
-    cmp.add_argument("--policies", help="comma-separated variants (default: all): device-only, fixed, adaptive, "
-                                        "adaptive+rings, adaptive+rings+migrate, adaptive+rings+restart, "
-                                        "adaptive+rings+static")
+    cmp.add_argument("--policies", help="comma-separated variants (default: all): device-only, fixed, "
+                                        "fixed+migrate, fixed+restart, fixed+static, adaptive, adaptive+rings, "
+                                        "adaptive+rings+migrate, adaptive+rings+restart, adaptive+rings+static")
     cmp.add_argument("--out", help="output directory (default: runs/<scenario>-compare)")
     cmp.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
     cmp.add_argument("--rounds", type=int, help="override training.rounds (a quick look)")

@@ -62,6 +62,9 @@ def test_variants_derive_the_scenarios_they_name(city):
         return p.placement, p.rings, p.handover
 
     assert policy("fixed") == ("fixed", "off", city.policy.handover)
+    assert policy("fixed+migrate") == ("fixed", "off", "migrate")
+    assert policy("fixed+restart") == ("fixed", "off", "restart")
+    assert VARIANTS["fixed+static"].derive(city).mobility.model == "static"
     assert policy("adaptive") == ("adaptive", "off", city.policy.handover)
     assert policy("adaptive+rings") == ("adaptive", "auto", city.policy.handover)
     assert policy("adaptive+rings+migrate") == ("adaptive", "auto", "migrate")
@@ -77,6 +80,7 @@ def test_variants_derive_the_scenarios_they_name(city):
     # A scenario that already migrates derives one scenario for both names: compare runs it once.
     assert city.policy.handover == "migrate"
     assert VARIANTS["adaptive+rings"].derive(city) == VARIANTS["adaptive+rings+migrate"].derive(city)
+    assert VARIANTS["fixed"].derive(city) == VARIANTS["fixed+migrate"].derive(city)
     assert VARIANTS["adaptive"].derive(city) != VARIANTS["adaptive+rings"].derive(city)
 
 
@@ -93,18 +97,21 @@ def test_ratios_say_why_when_a_run_missed_the_target_or_was_not_run():
                                    row("adaptive+rings+restart", 12.0), row("adaptive+rings+migrate", 8.0)]}
     ratios = summary_ratios(rows)
     assert ratios["device-only / adaptive"] == (4.0, "4.00 (40.0 s / 10.0 s)")
-    assert ratios["restart / migrate"][0] == pytest.approx(1.5)
-    assert ratios["sync / rings"] == (None, "n/a (adaptive+rings did not reach the target)")
+    assert ratios["restart / migrate (adaptive+rings)"][0] == pytest.approx(1.5)
+    assert ratios["sync / rings (adaptive / adaptive+rings)"] == (None, "n/a (adaptive+rings did not reach the target)")
     assert ratios["fixed / adaptive"] == (None, "n/a (fixed was not run)")
-    both = summary_ratios({r.variant: r for r in [row("adaptive", None), row("adaptive+rings", None)]})["sync / rings"]
+    both = summary_ratios({r.variant: r for r in [row("adaptive", None), row("adaptive+rings", None)]})
+    both = both["sync / rings (adaptive / adaptive+rings)"]
     assert both == (None, "n/a (adaptive and adaptive+rings did not reach the target)")
-    assert "needs adaptive+rings+restart" in ratios["migration wins back, of what restarting loses"][1]
+    assert "needs adaptive+rings+restart" in ratios["migration's saving of what restarting loses (adaptive+rings)"][1]
 
 
 def test_migration_saving_is_measured_against_nobody_moving():
     three = {r.variant: r for r in [row("adaptive+rings+restart", 20.0), row("adaptive+rings+migrate", 14.0),
                                     row("adaptive+rings+static", 12.0)]}
     assert migration_saving(three) == (0.75, "75% of 8.0 s")  # restarting lost 8 s; migrating won 6 back
+    fixed = {r.variant.replace("adaptive+rings", "fixed"): r for r in three.values()}
+    assert migration_saving(fixed, "fixed")[0] == 0.75 and migration_saving(fixed)[0] is None
     three["adaptive+rings+static"] = row("adaptive+rings+static", 21.0)
     value, text = migration_saving(three)
     assert value is None and "restarting lost no time" in text
@@ -118,12 +125,12 @@ def test_markdown_and_json_tables():
     assert "| fixed | 12.5 (round 3) | 0.900 | 5 | 17.5 | 1.5 kB / 999 B | 2.5 MB / 0 B | 4 / 3 / 1 |" in table
     assert "| adaptive+rings | not reached |" in table
     assert "adaptive+rings+migrate derives the same scenario as adaptive+rings" in table
-    assert "- restart / migrate: n/a (adaptive+rings+restart was not run)" in table
+    assert "- restart / migrate (adaptive+rings): n/a (adaptive+rings+restart was not run)" in table
     doc = json.loads(json.dumps(to_json(rows, "s", 0.9)))  # JSON-clean
     assert [r["variant"] for r in doc["rows"]] == ["fixed", "adaptive+rings", "adaptive+rings+migrate"]
     assert doc["rows"][0]["bytes_up"] == {"device-edge": 1500, "edge-cloud": 2_500_000}  # raw ints
     assert doc["rows"][1]["time_to_target_s"] is None
-    assert doc["ratios"]["sync / rings"]["value"] is None
+    assert doc["ratios"]["sync / rings (adaptive / adaptive+rings)"]["value"] is None
     assert [human_bytes(n) for n in (0, 999, 1000, 1_234_567, 5e9, 7e12)] == \
            ["0 B", "999 B", "1.0 kB", "1.2 MB", "5.0 GB", "7.0 TB"]
 
