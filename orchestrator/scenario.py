@@ -390,31 +390,39 @@ def _device_list(f: Fields, key: str, devices: list[str]) -> tuple[str, ...] | N
     return tuple(value)
 
 
+MIN_DT_S = 0.001  # a finer grid costs memory and time per virtual second, and models nothing real
+
+
 def _resources(f: Fields, base_dir: Path, devices: list[str], edges: list[str]) -> ResourcesSpec:
-    """The ``resources:`` section: a trace file and/or random processes (see orchestrator/resources.py)."""
+    """The ``resources:`` section: a trace file and/or random processes (see orchestrator/resources.py).
+
+    The trace is read and checked here, so its mistakes surface before anything starts.
+    """
     trace_path = f.get("trace", None)
     rows: tuple = ()
     if trace_path is not None:
         trace_path = f.string("trace")
         trace_path = str(base_dir / trace_path) if not Path(trace_path).is_absolute() else trace_path
         try:
-            rows = read_trace(trace_path, devices + edges)
+            rows = read_trace(trace_path, devices + edges, ambiguous=set(devices) & set(edges))
         except TierflowError as exc:
             raise TierflowError(f"{f.source}: {f.field('trace')}: {exc}") from exc
     availability = None
     if f.get("availability", None) is not None:
         af = f.sub("availability")
+        dt_s = af.number("dt_s", 10.0, minimum=MIN_DT_S)
         sf = af.sub("states")
         states = []
         for state_name in list(sf.data):
-            st = sf.sub(str(state_name))
-            states.append(AvailabilityState(str(state_name), st.number("multiplier", positive=True),
-                                            st.number("mean_s", positive=True)))
+            if not isinstance(state_name, str) or not state_name:
+                sf.fail("", "state names that are non-empty strings", state_name)
+            st = sf.sub(state_name)
+            states.append(AvailabilityState(state_name, st.number("multiplier", positive=True),
+                                            st.number("mean_s", minimum=dt_s)))
             st.reject_unknown()
         if len(states) < 2:
             af.fail("states", "at least two states, each {multiplier, mean_s}", sf.data)
-        availability = AvailabilitySpec(tuple(states), af.number("dt_s", 10.0, positive=True),
-                                        _device_list(af, "devices", devices))
+        availability = AvailabilitySpec(tuple(states), dt_s, _device_list(af, "devices", devices))
         af.reject_unknown()
     walk = None
     if f.get("bandwidth_walk", None) is not None:
@@ -423,8 +431,8 @@ def _resources(f: Fields, base_dir: Path, devices: list[str], edges: list[str]) 
         hi = wf.number("max", 2.0, positive=True)
         if lo > hi:
             wf.fail("max", f"a number >= min ({lo:g})", hi)
-        walk = BandwidthWalkSpec(wf.number("sigma", positive=True), wf.number("dt_s", 10.0, positive=True), lo, hi,
-                                 _device_list(wf, "devices", devices))
+        walk = BandwidthWalkSpec(wf.number("sigma", positive=True), wf.number("dt_s", 10.0, minimum=MIN_DT_S),
+                                 lo, hi, _device_list(wf, "devices", devices))
         wf.reject_unknown()
     f.reject_unknown()
     return ResourcesSpec(rows, trace_path, availability, walk)
