@@ -99,6 +99,8 @@ def test_ratios_say_why_when_a_run_missed_the_target_or_was_not_run():
     assert ratios["device-only / adaptive"] == (4.0, "4.00 (40.0 s / 10.0 s)")
     assert ratios["restart / migrate (adaptive+rings)"][0] == pytest.approx(1.5)
     assert ratios["sync / rings (adaptive / adaptive+rings)"] == (None, "n/a (adaptive+rings did not reach the target)")
+    over_all = summary_ratios(rows, "virtual_time_s")["sync / rings (adaptive / adaptive+rings)"]
+    assert over_all == (1.5, "1.50 (15.0 s / 10.0 s)")  # adaptive+rings ran 10 virtual s without reaching it
     assert ratios["fixed / adaptive"] == (None, "n/a (fixed was not run)")
     both = summary_ratios({r.variant: r for r in [row("adaptive", None), row("adaptive+rings", None)]})
     both = both["sync / rings (adaptive / adaptive+rings)"]
@@ -131,6 +133,11 @@ def test_markdown_and_json_tables():
     assert doc["rows"][0]["bytes_up"] == {"device-edge": 1500, "edge-cloud": 2_500_000}  # raw ints
     assert doc["rows"][1]["time_to_target_s"] is None
     assert doc["ratios"]["sync / rings (adaptive / adaptive+rings)"]["value"] is None
+    # Over all rounds every run has a time, so the ratio exists where the time to target does not.
+    assert doc["ratios_all_rounds"]["sync / rings (adaptive / adaptive+rings)"]["value"] is None  # adaptive not run
+    assert summary_ratios({r.variant: r for r in rows}, "virtual_time_s")["fixed / adaptive"][1] == \
+        "n/a (adaptive was not run)"
+    assert "The same over the virtual time of all 5 rounds" in table
     assert [human_bytes(n) for n in (0, 999, 1000, 1_234_567, 5e9, 7e12)] == \
            ["0 B", "999 B", "1.0 kB", "1.2 MB", "5.0 GB", "7.0 TB"]
 
