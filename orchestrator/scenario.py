@@ -23,10 +23,12 @@ from orchestrator.resources import (
     ResourcesSpec,
     read_trace,
 )
-from orchestrator.validate import Fields
+from orchestrator.validate import Fields, finite
 from tiers.optim import OPTIMIZERS, OptimizerSpec
 
 CLOUD_EDGE = "@cloud"  # not a valid edge name in a scenario file (see _edge_name)
+MAX_DEVICES = 100_000  # in all, after ``count:``; a typo of a few zeros should fail, not exhaust memory
+MAX_MBPS = 1e300  # Mb/s: a finite bound whose bits per second (x 1e6) are still finite
 
 
 @dataclass(frozen=True)
@@ -152,15 +154,24 @@ def load_scenario(path: str | Path) -> Scenario:
     path = Path(path)
     source = str(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise TierflowError(f"{source}: cannot read the scenario file ({exc.strerror})") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise TierflowError(f"{source}: expected UTF-8 text, got byte {raw[exc.start]:#04x} at offset "
+                            f"{exc.start}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise TierflowError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+    except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+        # PyYAML's constructors raise these for well-formed YAML with impossible values
+        # (``2001-13-45``, ``!!int x``, ``!!timestamp x``) or nesting deeper than the stack.
+        raise TierflowError(f"{source}: not valid YAML: {type(exc).__name__}: {str(exc)[:200]}") from None
     if data is None:
         raise TierflowError(f"{source}: the scenario file is empty (expected a mapping with cloud, edges, devices...)")
     scenario = parse_scenario(data, source, base_dir=path.parent)
@@ -187,7 +198,7 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path(".")) -> Scenar
             position=ef.point("position", (0.0, 0.0)),
             radius_m=ef.number("radius_m", 1000.0, positive=True),
             flops_per_s=ef.number("flops_per_s", positive=True),
-            cloud_bandwidth_mbps=ef.number("cloud_bandwidth_mbps", 1000.0, positive=True),
+            cloud_bandwidth_mbps=ef.number("cloud_bandwidth_mbps", 1000.0, positive=True, maximum=MAX_MBPS),
         ))
         ef.reject_unknown()
     if not edges:
@@ -199,6 +210,8 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path(".")) -> Scenar
     devices: list[DeviceSpec] = []
     for df in top.items("devices"):
         count = df.integer("count", 1, minimum=1)
+        if len(devices) + count > MAX_DEVICES:
+            df.fail("count", f"at most {MAX_DEVICES:,} devices in the scenario in all", count)
         base = df.string("name")
         for i in range(count):
             devices.append(_device(df, base if count == 1 else f"{base}{i}", edges, rng))
@@ -310,21 +323,21 @@ def _split(f: Fields, key: str, default: Any) -> tuple[str | int, ...] | None:
     return tuple(value)
 
 
-def _ranged(f: Fields, key: str, default: Any, rng: np.random.Generator) -> float:
+def _ranged(f: Fields, key: str, default: Any, rng: np.random.Generator, maximum: float | None = None) -> float:
     """A positive number, or [low, high] drawn log-uniformly (speeds span orders of magnitude)."""
     value = f.get(key, default)
     if isinstance(value, list):
-        ok = len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-                                     for v in value) and value[0] <= value[1]
-        if not ok:
-            f.fail(key, "a positive number or a range [low, high] of positive numbers", value)
-        return float(math.exp(rng.uniform(math.log(value[0]), math.log(value[1]))))
-    return f.number(key, default, positive=True)
+        low, high = (finite(v) for v in value) if len(value) == 2 else (None, None)
+        if low is None or high is None or not 0 < low <= high or (maximum is not None and high > maximum):
+            f.fail(key, "a positive number or a range [low, high] of positive numbers"
+                   + (f" <= {maximum:g}" if maximum is not None else ""), value)
+        return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+    return f.number(key, default, positive=True, maximum=maximum)
 
 
 def _device(f: Fields, name: str, edges: list[EdgeSpec], rng: np.random.Generator) -> DeviceSpec:
     edge_name = f.get("edge", None)
-    if edge_name is not None and edge_name not in {e.name for e in edges}:
+    if edge_name is not None and (not isinstance(edge_name, str) or edge_name not in {e.name for e in edges}):
         f.fail("edge", "the name of an edge server (" + ", ".join(e.name for e in edges) + ")", edge_name)
     position = f.point("position", None) if f.get("position", None) is not None else None
     if position is None and edge_name is None:
@@ -344,7 +357,7 @@ def _device(f: Fields, name: str, edges: list[EdgeSpec], rng: np.random.Generato
         name=name,
         flops_per_s=_ranged(f, "flops_per_s", None, rng),
         memory_mb=_ranged(f, "memory_mb", 1024.0, rng),
-        bandwidth_mbps=_ranged(f, "bandwidth_mbps", None, rng),
+        bandwidth_mbps=_ranged(f, "bandwidth_mbps", None, rng, maximum=MAX_MBPS),
         data_share=f.number("data_share", 1.0, positive=True),
         position=position,
         edge=edge_name,
@@ -355,9 +368,8 @@ def _device(f: Fields, name: str, edges: list[EdgeSpec], rng: np.random.Generato
 def _mobility(f: Fields, base_dir: Path) -> MobilitySpec:
     model = f.string("model", "static", choices=("static", "random_waypoint", "trace"))
     speed = f.get("speed_mps", [1.0, 10.0])
-    if (not isinstance(speed, list) or len(speed) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in speed)
-            or speed[0] > speed[1]):
+    low, high = (finite(v) for v in speed) if isinstance(speed, list) and len(speed) == 2 else (None, None)
+    if low is None or high is None or not 0 < low <= high:
         f.fail("speed_mps", "a range [low, high] of positive speeds", speed)
     area = f.point("area_m", None) if f.get("area_m", None) is not None else None
     trace = f.get("trace", None)
@@ -366,7 +378,7 @@ def _mobility(f: Fields, base_dir: Path) -> MobilitySpec:
         trace = str(base_dir / trace) if not Path(trace).is_absolute() else trace
     spec = MobilitySpec(
         model=model,
-        speed_mps=(float(speed[0]), float(speed[1])),
+        speed_mps=(low, high),
         pause_s=f.number("pause_s", 0.0, minimum=0.0),
         area_m=area,
         trace=trace,

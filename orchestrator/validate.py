@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,7 +50,7 @@ class Fields:
     def number(self, key: str, default: Any = _MISSING, *, positive: bool = False, minimum: float | None = None,
                maximum: float | None = None) -> float:
         value = self.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if finite(value) is None:
             self.fail(key, "a positive number" if positive else "a number", value)
         if positive and value <= 0:
             self.fail(key, "a positive number", value)
@@ -81,15 +82,12 @@ class Fields:
 
     def point(self, key: str, default: Any = _MISSING) -> tuple[float, float]:
         value = self.get(key, default)
-        if (
-            not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        ):
+        if not isinstance(value, (list, tuple)) or len(value) != 2 or any(finite(v) is None for v in value):
             self.fail(key, "a pair of numbers [x, y]", value)
         return float(value[0]), float(value[1])
 
     def reject_unknown(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
+        unknown = sorted(set(self.data) - self.used, key=str)  # YAML keys need not be strings, nor comparable
         if unknown:
             raise TierflowError(
                 f"{self.source}: {self.field(unknown[0])}: unknown field (expected one of: "
@@ -97,6 +95,23 @@ class Fields:
             )
 
 
+def finite(value: Any) -> float | None:
+    """``value`` as a float if it is a finite real number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        x = float(value)  # a YAML integer can be too large for a float
+    except OverflowError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+# Bounded work whatever the value: YAML aliases can make a small file a huge (or cyclic) structure.
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxlist, _repr.maxtuple, _repr.maxdict = 3, 6, 6, 4
+_repr.maxstring, _repr.maxlong, _repr.maxother = 60, 60, 60
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = _repr.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
