@@ -267,6 +267,8 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path(".")) -> Scenar
     mobility = _mobility(top.sub("mobility", {}), base_dir)
     pol_f = top.sub("policy", {})
     rings = pol_f.get("rings", "off")
+    if rings is False:  # YAML 1.1 reads a bare `off` as false
+        rings = "off"
     if not (rings in ("off", "auto") or (isinstance(rings, int) and not isinstance(rings, bool) and rings >= 1)):
         pol_f.fail("rings", "'off', 'auto' or a positive integer", rings)
     policy = PolicySpec(

@@ -79,3 +79,9 @@ def test_cli_exits_non_zero_without_traceback():
 def test_a_bad_resource_trace_names_the_csv_line_and_field(capsys):
     assert main(["run", str(BAD / "resource_trace_bad_line.yaml")]) == 2
     assert "resource_trace_bad_line.csv:3: flops_per_s: expected a number, got 'fast'" in capsys.readouterr().err
+
+
+def test_rings_off_as_bare_yaml_is_off(tmp_path):
+    text = (HERE / "good_scenario.yaml").read_text() + "\npolicy: {rings: off}\n"
+    (tmp_path / "s.yaml").write_text(text)
+    assert load_scenario(tmp_path / "s.yaml").policy.rings == "off"  # YAML 1.1 reads `off` as false
