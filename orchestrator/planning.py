@@ -52,6 +52,11 @@ class Observed:
         return Observed(*(mix(a, b) for a, b in zip(astuple(self), astuple(new), strict=True)))
 
 
+# Raw inputs never leave a device: split learning's premise. Without this pin the planner would
+# ship digits' 8x8 images to the cloud whenever they are smaller than the first layer's output.
+PRIVATE_LAYERS = 1
+
+
 @dataclass(frozen=True)
 class Shares:
     """How many devices share the servers a device would use: each gets a fair share of their speed.
@@ -83,7 +88,7 @@ def profile_for(scenario: Scenario, device: DeviceSpec, edge_name: str, device_f
                             device.bandwidth_mbps * 1e6, cloud, edge.cloud_bandwidth_mbps * 1e6)
     return Profile(speeds, batch_size=scenario.training.batch_size,
                    steps_per_round=scenario.training.local_steps * scenario.aggregation.cloud_every,
-                   device_memory_bytes=device.memory_mb * 2**20)
+                   device_memory_bytes=device.memory_mb * 2**20, private_layers=PRIVATE_LAYERS)
 
 
 def plan_device(scenario: Scenario, graph: nx.DiGraph, device: DeviceSpec, edge_name: str,
