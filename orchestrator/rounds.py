@@ -7,6 +7,7 @@ events, re-planning, checkpoints) does not know which policy it runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -69,10 +70,16 @@ class SyncRounds:
         return RoundResult(reports, virtual_round)
 
 
-def round_policy_for(rings: int | str) -> RoundPolicy:
-    """``policy.rings: off`` trains synchronously; anything else trains in capability rings."""
-    if rings == "off":
-        return SyncRounds()
-    from orchestrator.rings_round import RingRounds
+def _ring_rounds() -> RoundPolicy:
+    from orchestrator.rings_round import RingRounds  # it imports this module: bind late
 
     return RingRounds()
+
+
+# Round policies by name: each entry makes a fresh policy object.
+ROUND_POLICIES: dict[str, Callable[[], RoundPolicy]] = {"sync": SyncRounds, "rings": _ring_rounds}
+
+
+def round_policy_for(rings: int | str) -> RoundPolicy:
+    """``policy.rings: off`` trains synchronously; anything else (``auto`` or K) in capability rings."""
+    return ROUND_POLICIES["sync" if rings == "off" else "rings"]()
