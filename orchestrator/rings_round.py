@@ -1,37 +1,78 @@
-"""Capability rings as a round policy (FedHiSyn's idea, in split learning).
+"""Capability rings as a round policy (FedHiSyn's idea, in split learning; design §4.3).
 
-Devices are grouped into rings of similar predicted round time (placement/rings.py: optimal 1-D
-k-means, each ring ordered as a cycle so members on the same edge are adjacent). Inside a ring the
-device-side model (weights and optimizer state) passes member to member; each member trains
-``local_steps`` steps on its own data against the ring's one server-side session, which sits on
-the edge of the member training now (and on the cloud for 3-tier splits). Rings run side by side.
+Forming. Every connected device's synchronous round is predicted by the planner's cost model
+(placement/cost.py) under its own split (its plan under adaptive placement, its fixed split
+otherwise); placement/rings.py groups the devices into K rings by that time (optimal 1-D k-means;
+``policy.rings: auto`` lets it choose K) and orders each ring as a cycle, fastest member first,
+members on one edge next to each other. Rings are kept from round to round and formed again when
+the planner re-planned a device, a device changed edge, or a device joined or left coverage; each
+forming is a ``rings_formed`` event.
 
-Every round is one interval: each ring makes as many hops as its *predicted* hop times fit in the
-interval (the predicted time of the slowest device's synchronous round), at least one; the count
-comes from the planner's cost model, not from measured times, so a resumed run replays the same
-schedule. Fast rings make more hops. At the interval's end every ring uploads; the global model is
-the average of the ring models weighted by the samples each trained this round.
+One split per ring. Its members have similar capability, so the ring trains one split: under
+adaptive placement the plan of its slowest member at that member's edge (planning.plan_device),
+under fixed placement its first member's fixed split. While rings are on, ``orch.splits[d]`` is the
+split d trains, its ring's (so events and the clock's byte counts are true).
 
-One split per ring: its members have similar capability, so the ring trains the plan of its slowest
-member (adaptive placement) or its first member's fixed split.
+A hop. One member trains ``training.local_steps`` steps on its own data (its own BatchSampler)
+against the ring's server-side session: one per ring on the edge of the member training now, and on
+the cloud for 3-tier splits, keyed by the ring id. The device-side stage, weights and optimizer
+state (Session.export, numpy, no pickle), passes to the next member. Within a ring hops are
+sequential; rings run side by side, one Ray batch of hops at a time.
 
-When the next member sits on another edge, the ring session moves there: with
-``policy.handover: migrate`` over the real migration channel (bytes and pause charged to the ring's
-virtual time); with ``restart`` it cannot follow, so a fresh session is opened there from the
-round's starting model (the server side's progress this round is lost). Handovers are checked
-between hops; a member out of coverage or on a lost host sits its turn out.
+The interval (FedHiSyn's fixed time interval) is one round: each ring makes as many hops as its
+members' *predicted* hops fit in it, at least one, so the schedule (``RingRoundPlan``) is data that a
+resumed run replays exactly; measured times never change a hop count. A predicted hop is the
+member's training (the cost model's batches plus the device-side stage in and out) plus, when the
+member before it sits on another edge, the ring session's pass (edge-side weights and optimizer
+state over the edge-to-edge backhaul): on a slow backhaul a ring spread over edges makes few hops. Default interval: the
+predicted synchronous round of the slowest connected device, so the slowest ring makes one round's
+worth of hops and fast rings make several.
 
-Virtual time of a ring: the sum of its hops, each charged by the orchestrator's clock (measured
-compute scaled to the tier speeds of the moment, bytes / bandwidth, and the device-side model
-down and up the member's link, which is the ring's pass from member to member), plus the ring
-session's moves. A round lasts as long as its slowest ring, or its busiest edge's compute.
-Ring sessions hold no state across rounds: they are opened from the global model every round.
+Ring passes and handovers. When the next member sits on another edge, the ring session moves there
+over the migration channel (``migrate_out`` to the destination's receiver, then the source copy is
+dropped), whatever ``policy.handover`` says: that is how a ring works, not a handover. Passes are
+counted apart (``ring_pass`` events, ``ring_passes``/``ring_pass_bytes`` in the summary); passes
+that would cross in opposite directions are never sent at once (each edge holds its lock while it
+sends, so A->B beside B->A would wait on each other until the timeout). A pass that fails ends that
+ring's round where it is (its work so far still counts). Handovers are checked between hops on the
+runner's detector. If the member that just trained (the active member: the handover fell in its hop)
+moved to another edge, ``migrate`` moves the ring session to it (a handover migration) and the ring
+goes on; ``restart`` (the FedFly baseline) drops the ring's work this round: its session starts over
+from the round's global model at the new edge, and the ring's next hop starts from that model. The
+hop count stays as planned, so a restarted ring contributes less, not later.
+
+Checks follow time, not hop numbers, and the in-round schedule runs on the plan's *predicted*
+clocks (so it replays exactly): each step checks mobility at the earliest predicted clock of the
+rings still running, then runs (in one Ray batch) the rings whose predicted clock is within one
+predicted hop of it. A slow ring never runs its next hop on positions older than one short hop, and
+the detector's time never goes back. The mobility time of a check is the round's predicted progress
+when ``mobility.round_duration_s`` is set (replayable, like run_period's step progress), else the
+run's clock (the least measured ring clock of the rings still running). A handover found at a check
+counts against a ring's active member when that member's hop is predicted to end at or after the
+check; it is applied at the hop boundary (checks are between hops), an approximation of at most one
+hop, as run_period's checks between segments are.
+
+Virtual time of a ring: the sum of its hops, each charged by the runner's clock (round_clock: the
+hop's measured compute scaled to tier speeds of the moment and its activation bytes / bandwidth),
+whose model-sync term is the device-side stage coming in from the previous member and leaving for
+the next at this member's bandwidth (the pass member -> edge -> member); plus ring-session moves
+(measured pause + bytes / orchestrator.mobility.edge_to_edge_bps). The round lasts as long as its
+slowest ring, and no less than any edge's (or the cloud's) summed compute.
+
+Aggregation: at the interval's end every ring uploads (device side from its last member, server
+side from the ring sessions); the global model is the ring models' average weighted by the samples
+each trained this round. A ring with a non-finite hop or a failed member is left out this round.
+The global model then goes to every device; ring sessions are closed and opened afresh next round,
+so they hold no state across rounds (momentum included: a ring's optimizer lives one round). The
+per-device server sessions the runner opens are closed: rings never use them (and orch.push, which
+loads them, is not used for that reason).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import astuple, dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -49,34 +90,55 @@ if TYPE_CHECKING:
     from orchestrator.runner import Orchestrator
 
 
+# ----- the plan: pure data -----
 @dataclass(frozen=True)
 class PlannedRing:
     ring_id: str
-    members: tuple[str, ...]  # visit order
-    key: SplitKey  # the ring's split
-    hop_s: tuple[float, ...]  # predicted seconds of each member's hop
+    members: tuple[str, ...]  # visit order, a cycle
+    key: SplitKey  # the ring's one split
+    hop_s: tuple[float, ...]  # predicted seconds of each member's hop under that split
     hops: int  # hops this round
+    pass_s: tuple[float, ...] = ()  # predicted seconds to bring the ring session to each member from the one before
+
+    def member(self, hop: int) -> str:
+        return self.members[hop % len(self.members)]
+
+    @property
+    def predicted_s(self) -> float:
+        return sum(hop_cost_s(self.hop_s, self.pass_s, h) for h in range(self.hops))
 
 
 @dataclass(frozen=True)
 class RingRoundPlan:
-    """Who trains what, in which order, how many times: printable and testable without Ray."""
+    """Who trains with which split, in which order, how many times: printable, testable without Ray."""
 
     rings: tuple[PlannedRing, ...]
     interval_s: float
+    left_out: tuple[str, ...] = ()  # not in any ring this round (out of coverage, host lost)
 
     def __str__(self) -> str:
-        lines = [f"interval {self.interval_s:.3f} s"]
+        lines = [f"interval {self.interval_s:.3f} s" + (f"; left out: {', '.join(self.left_out)}"
+                                                        if self.left_out else "")]
         for r in self.rings:
-            lines.append(f"{r.ring_id}: {r.hops} hops over {' -> '.join(r.members)}")
+            split = "|".join(str(n) for n in r.key.counts())
+            visits = " -> ".join(r.member(h) for h in range(min(r.hops, 12))) + (" ..." if r.hops > 12 else "")
+            lines.append(f"{r.ring_id} [{split}] {r.hops} hops, {r.predicted_s:.3f} s predicted: {visits}")
         return "\n".join(lines)
 
 
-def hops_in_interval(hop_s: tuple[float, ...], interval_s: float, max_hops: int = 10_000) -> int:
+def hop_cost_s(hop_s: Sequence[float], pass_s: Sequence[float], hop: int) -> float:
+    """Hop ``hop`` of a round: the member's training, plus the ring session's pass to it (the first hop
+    of a round needs none: the session opens where the first member is)."""
+    i = hop % len(hop_s)
+    return hop_s[i] + (pass_s[i] if hop > 0 and pass_s else 0.0)
+
+
+def hops_in_interval(hop_s: Sequence[float], interval_s: float, pass_s: Sequence[float] = (),
+                     max_hops: int = 10_000) -> int:
     """Hops (members in ring order, cycling) whose predicted times fit in the interval; at least one."""
     total, hops = 0.0, 0
     while hops < max_hops:
-        nxt = hop_s[hops % len(hop_s)]
+        nxt = hop_cost_s(hop_s, pass_s, hops)
         if hops > 0 and total + nxt > interval_s * (1 + 1e-9):
             break
         total += nxt
@@ -84,17 +146,91 @@ def hops_in_interval(hop_s: tuple[float, ...], interval_s: float, max_hops: int 
     return hops
 
 
-def plan_ring_round(rings: list[tuple[str, tuple[str, ...], SplitKey, tuple[float, ...]]],
-                    interval_s: float) -> RingRoundPlan:
-    return RingRoundPlan(tuple(PlannedRing(rid, members, key, hop_s, hops_in_interval(hop_s, interval_s))
-                               for rid, members, key, hop_s in rings), interval_s)
+def form_ring_groups(round_time_s: Mapping[str, float], edge_of: Mapping[str, str | None],
+                     k: int | None) -> tuple[tuple[str, ...], ...]:
+    """Rings over the connected devices (edge not None) by predicted round time, fastest ring first;
+    within a ring, members on one edge are adjacent (a hop between edges moves the ring session)."""
+    times = {d: t for d, t in round_time_s.items() if edge_of.get(d) is not None}
+
+    def latency(a: str, b: str) -> float:
+        return 0.0 if edge_of[a] == edge_of[b] else 1.0
+
+    return tuple(r.members for r in form_rings(times, k, latency))
 
 
-def ring_average(models: list[tuple[dict[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
+def ring_ids(n: int, taken: Collection[str] = ()) -> list[str]:
+    """``ring:0``, ``ring:1``, ...; a ring id shares the servers' session namespace with device names."""
+    out = []
+    for i in range(n):
+        rid = f"ring:{i}"
+        while rid in taken:
+            rid = "@" + rid
+        out.append(rid)
+    return out
+
+
+def plan_ring_round(round_time_s: Mapping[str, float], edge_of: Mapping[str, str | None], k: int | None,
+                    ring_split: Callable[[tuple[str, ...]], SplitKey],
+                    hop_time_s: Callable[[str, SplitKey], float], interval_s: float | None = None,
+                    formed: Sequence[tuple[tuple[str, ...], SplitKey]] | None = None,
+                    taken: Collection[str] = (),
+                    pass_time_s: Callable[[str, str, SplitKey], float] | None = None) -> RingRoundPlan:
+    """One round's schedule.
+
+    ``round_time_s``: each device's predicted synchronous round (grouping, and the default interval);
+    ``edge_of``: None for a device that cannot train this round; ``ring_split(members)``: the ring's
+    split; ``hop_time_s(device, split)``: one predicted hop; ``pass_time_s(from, to, split)``: moving
+    the ring session between two members' edges; ``formed``: rings to keep, used only while they
+    still cover exactly the connected devices (otherwise rings are formed afresh).
+    """
+    devices = sorted(round_time_s)
+    connected = [d for d in devices if edge_of.get(d) is not None]
+    left_out = tuple(d for d in devices if edge_of.get(d) is None)
+    if not connected:
+        return RingRoundPlan((), 0.0, left_out)
+    if interval_s is None:
+        interval_s = max(round_time_s[d] for d in connected)
+    if formed is None or sorted(m for members, _ in formed for m in members) != connected:
+        formed = [(members, ring_split(members)) for members in form_ring_groups(round_time_s, edge_of, k)]
+    rings = []
+    for rid, (members, key) in zip(ring_ids(len(formed), taken), formed, strict=True):
+        hop_s = tuple(hop_time_s(d, key) for d in members)
+        pass_s = tuple(pass_time_s(members[i - 1], d, key) if pass_time_s else 0.0 for i, d in enumerate(members))
+        rings.append(PlannedRing(rid, tuple(members), key, hop_s, hops_in_interval(hop_s, interval_s, pass_s), pass_s))
+    return RingRoundPlan(tuple(rings), float(interval_s), left_out)
+
+
+def ring_average(models: Sequence[tuple[Mapping[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
     """FedAvg over rings, weighted by samples trained this round (rings that trained nothing drop out)."""
     kept = [(m, w) for m, w in models if w > 0]
     assert kept, "no ring trained this round"
     return weighted_average(kept)
+
+
+# ----- running it -----
+@dataclass
+class _RingRun:
+    """One ring's progress through the round (orchestrator-side bookkeeping)."""
+
+    ring: PlannedRing
+    at: str  # the edge holding the ring session
+    clock_s: float = 0.0  # virtual seconds since the round began, as charged (measured work)
+    pred_s: float = 0.0  # the same, as the plan predicts: what the schedule runs on
+    next_hop: int = 0
+    trained_hops: int = 0
+    samples: int = 0
+    carried: tuple | None = None  # object refs of the device-side stage export (meta, arrays) after the last hop
+    last_member: str | None = None  # who trained the last hop (predicted to end at pred_s)
+    dropped: str = ""  # why the ring's update is left out of this round
+    stopped: bool = False  # no more hops this round
+
+    @property
+    def rid(self) -> str:
+        return self.ring.ring_id
+
+    @property
+    def pending(self) -> bool:
+        return not self.stopped and self.next_hop < self.ring.hops
 
 
 class RingRounds:
@@ -102,231 +238,330 @@ class RingRounds:
 
     def __init__(self) -> None:
         self.signature: str | None = None
-        self.formed: list[tuple[str, tuple[str, ...], SplitKey]] = []
+        self.formed: tuple[tuple[tuple[str, ...], SplitKey], ...] | None = None
 
     def export_state(self) -> dict:
-        """The rings as formed (a checkpoint keeps them: they were formed from earlier speeds)."""
-        return {"signature": self.signature,
-                "formed": [[rid, list(ms), [list(t) for t in key.tiers], key.n_tiers] for rid, ms, key in self.formed]}
+        """The rings as formed (a checkpoint keeps them: they were formed from earlier observations)."""
+        formed = None if self.formed is None else [
+            [list(ms), [list(t) for t in key.tiers], key.n_tiers] for ms, key in self.formed]
+        return {"signature": self.signature, "formed": formed}
 
     def import_state(self, state: dict) -> None:
-        self.signature = state["signature"]
-        self.formed = [(rid, tuple(ms), SplitKey(tuple((str(n), int(t)) for n, t in tiers), int(n_tiers)))
-                       for rid, ms, tiers, n_tiers in state["formed"]]
+        self.signature = state.get("signature")
+        formed = state.get("formed")
+        self.formed = None if formed is None else tuple(
+            (tuple(ms), SplitKey(tuple((str(n), int(t)) for n, t in tiers), int(n_tiers)))
+            for ms, tiers, n_tiers in formed)
 
-    # ----- forming rings -----
-    def _profile(self, orch: Orchestrator, device: str, key_edge: str):
+    # ----- predictions (the planner's cost model) -----
+    def own_split(self, orch: Orchestrator, device: str) -> SplitKey:
+        if orch.scenario.policy.placement == "adaptive":
+            return orch.plans[device].key
+        return orch.world.splits[device]
+
+    def _profile(self, orch: Orchestrator, device: str, steps: int):
         from orchestrator.planning import profile_for, shares_for
 
+        edge = orch.session_at[device]
         seen = orch.observed.get(device)
-        observed = seen[1] if seen and seen[0] == key_edge else None
-        profile = profile_for(orch.scenario, orch.devices[device], key_edge, observed=observed,
+        observed = seen[1] if seen and seen[0] == edge else None
+        profile = profile_for(orch.scenario, orch.devices[device], edge, observed=observed,
                               shares=shares_for(orch.session_at)[device])
-        return replace(profile, steps_per_round=orch.scenario.training.local_steps)
+        return replace(profile, steps_per_round=steps)
 
-    def predicted_hop_s(self, orch: Orchestrator, device: str, key: SplitKey) -> float:
-        return round_time_s(orch.graph, key.assignment(), self._profile(orch, device, orch.session_at[device]))
+    def hop_s(self, orch: Orchestrator, device: str, key: SplitKey) -> float:
+        """One hop: ``local_steps`` batches plus the device-side stage in and out (the clock's sync term)."""
+        profile = self._profile(orch, device, orch.scenario.training.local_steps)
+        return round_time_s(orch.graph, key.assignment(), profile)
 
-    def form(self, orch: Orchestrator, members: list[str]) -> None:
-        sc = orch.scenario
-        times = {d: self.predicted_hop_s(orch, d, orch.splits[d]) for d in members}
-        k = None if sc.policy.rings == "auto" else int(sc.policy.rings)
+    def pass_s(self, orch: Orchestrator, src: str, dst: str, key: SplitKey) -> float:
+        """The ring session (edge-side weights and optimizer state) from ``src``'s edge to ``dst``'s."""
+        a, b = orch.session_at[src], orch.session_at[dst]
+        if a == b or key.n_tiers == 1:
+            return 0.0
+        weights = sum(float(orch.graph.nodes[n].get("param_bytes", 0.0)) for n, t in key.tiers
+                      if t == 1 and n in orch.graph)
+        opt = orch.scenario.training.optimizer
+        copies = 1 + (2 if opt.name == "adam" else 1 if opt.momentum > 0 else 0)
+        return 8 * copies * weights / edge_to_edge_bps(orch.scenario, a, b)
 
-        def latency(a: str, b: str) -> float:  # keep a ring's members on one edge next to each other
-            return 0.0 if orch.session_at[a] == orch.session_at[b] else 1.0
-
-        self.formed = []
-        for i, ring in enumerate(form_rings(times, k, latency)):
-            key = self.ring_key(orch, ring.members)
-            self.formed.append((f"ring:{i}", ring.members, key))
-        orch.log.emit({"event": "rings_formed", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
-                       "rings": {rid: list(m) for rid, m, _ in self.formed}})
-
-    def ring_key(self, orch: Orchestrator, members: tuple[str, ...]) -> SplitKey:
+    def ring_split(self, orch: Orchestrator, members: tuple[str, ...]) -> SplitKey:
         if orch.scenario.policy.placement != "adaptive":
-            return orch.splits[members[0]]
+            return self.own_split(orch, members[0])
         from orchestrator.planning import plan_device, shares_for
 
-        slowest = max(members, key=lambda d: self.predicted_hop_s(orch, d, orch.splits[d]))
-        seen = orch.observed.get(slowest)
+        slowest = max(members, key=lambda d: (self.hop_s(orch, d, self.own_split(orch, d)), d))
         edge = orch.session_at[slowest]
+        seen = orch.observed.get(slowest)
         observed = seen[1] if seen and seen[0] == edge else None
-        shares = shares_for(orch.session_at)[slowest]
         return plan_device(orch.scenario, orch.graph, orch.devices[slowest], edge, observed=observed,
-                           shares=shares).key
+                           shares=shares_for(orch.session_at)[slowest]).key
 
     def plan(self, orch: Orchestrator) -> RingRoundPlan:
-        members = sorted(d for d in orch.devices if orch.available(d))
-        if not members:
-            return RingRoundPlan((), 0.0)
-        signature = json.dumps([members, [[d, list(map(list, orch.splits[d].tiers))] for d in members],
-                                [orch.session_at[d] for d in members]])
-        if signature != self.signature:  # first round, a re-plan, a move, a loss: re-form
-            self.form(orch, members)
-            self.signature = signature
         sc = orch.scenario
-        sync_round = max(self.predicted_hop_s(orch, d, orch.splits[d]) for d in members) \
-            * sc.aggregation.cloud_every
-        rings = [(rid, ms, key, tuple(self.predicted_hop_s(orch, d, key) for d in ms))
-                 for rid, ms, key in self.formed]
-        return plan_ring_round(rings, sync_round)
+        devices = sorted(orch.devices)
+        edge_of = {d: (orch.session_at[d] if orch.available(d) else None) for d in devices}
+        own = {d: self.own_split(orch, d) for d in devices}
+        adaptive = sc.policy.placement == "adaptive"
+        # What the rings were formed from: a re-plan, a move or a new split forms them again.
+        signature = json.dumps({d: [orch.session_at[d], [list(t) for t in own[d].tiers],
+                                    list(astuple(orch.plans[d].observed))
+                                    if adaptive and orch.plans[d].observed is not None else None]
+                                for d in devices}, sort_keys=True)
+        keep = self.formed if signature == self.signature else None
+        round_s = {d: sc.aggregation.cloud_every * self.hop_s(orch, d, own[d]) for d in devices}
+        k = None if sc.policy.rings == "auto" else int(sc.policy.rings)
+        plan = plan_ring_round(round_s, edge_of, k,
+                               lambda members: self.ring_split(orch, members),
+                               lambda d, key: self.hop_s(orch, d, key), formed=keep, taken=orch.devices,
+                               pass_time_s=lambda a, b, key: self.pass_s(orch, a, b, key))
+        formed = tuple((r.members, r.key) for r in plan.rings)
+        if keep is None or formed != keep:
+            orch.log.emit({"event": "rings_formed", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
+                           "rings": {r.ring_id: list(r.members) for r in plan.rings},
+                           "splits": {r.ring_id: r.key.counts() for r in plan.rings},
+                           "edges": {d: edge_of[d] for d in devices}, "left_out": list(plan.left_out)})
+        for r in plan.rings:
+            for m in r.members:
+                orch.splits[m] = r.key
+        self.formed, self.signature = formed, signature
+        return plan
 
     # ----- one round -----
     def run_round(self, orch: Orchestrator) -> RoundResult:
+        sc = orch.scenario
         orch.recover_hosts()
+        orch.period = 0
         plan = self.plan(orch)
+        self._close_device_sessions(orch)
         if not plan.rings:
             return RoundResult([], 0.0, {})
-        sc = orch.scenario
         start = ray.put(orch.global_state)
-        at: dict[str, str] = {}
-        for ring in plan.rings:
-            at[ring.ring_id] = orch.session_at[ring.members[0]]
-            self._open(orch, ring, at[ring.ring_id], start)
-        carried: dict[str, tuple[dict, dict] | None] = {r.ring_id: None for r in plan.rings}
-        clock = {r.ring_id: 0.0 for r in plan.rings}
-        samples = {r.ring_id: 0 for r in plan.rings}
-        poisoned: set[str] = set()
+        runs = {r.ring_id: _RingRun(r, orch.session_at[r.members[0]]) for r in plan.rings}
+        ray.get([c for x in runs.values() for c in self._open_calls(orch, x, start)])
         reports: list[TrainReport] = []
-        edge_busy: dict[str, float] = {}
-        for hop in range(max(r.hops for r in plan.rings)):
-            turn: dict[str, PlannedRing] = {}
-            for ring in plan.rings:
-                if hop >= ring.hops:
-                    continue
-                member = ring.members[hop % len(ring.members)]
-                if not orch.available(member):
-                    continue  # out of coverage or on a lost host: it sits its turn out
-                clock[ring.ring_id] += self._follow(orch, ring, member, at, start)
-                self._load_device_side(orch, ring, member, carried[ring.ring_id], start)
-                turn[member] = ring
+        busy: dict[str, float] = {}  # summed compute per edge (and the cloud) this round
+        while True:
+            pending = [x for x in runs.values() if x.pending]
+            if not pending:
+                break
+            self._check_handovers(orch, min(x.pred_s for x in pending), min(x.clock_s for x in pending),
+                                  plan, runs, start)
+            pending = [x for x in runs.values() if x.pending]
+            if not pending:
+                break
+            t0 = min(x.pred_s for x in pending)
+            window = min(hop_cost_s(x.ring.hop_s, x.ring.pass_s, x.next_hop) for x in pending if x.pred_s == t0)
+            turn: dict[str, _RingRun] = {}
+            for x in pending:
+                if x.pred_s < t0 + window:
+                    member = x.ring.member(x.next_hop)
+                    x.pred_s += hop_cost_s(x.ring.hop_s, x.ring.pass_s, x.next_hop)  # the slot passes, used or not
+                    x.next_hop += 1
+                    if orch.available(member):  # out of coverage or on a lost host: it sits its turn out
+                        turn[member] = x
+            self._pass_sessions(orch, turn)
             if not turn:
                 continue
+            self._load_device_side(orch, turn, start)
             done, failed = orch.train_segment({m: sc.training.local_steps for m in turn},
-                                              {m: r.ring_id for m, r in turn.items()})
+                                              {m: x.rid for m, x in turn.items()})
             for m, why in sorted(failed.items()):
                 orch.fail_device(m, why)
-            exports = ray.get([orch.hosts[orch.host_of[r.device_id]].export_stage.remote(r.device_id) for r in done])
-            for r, export in zip(done, exports, strict=True):
-                ring = turn[r.device_id]
+                turn[m].dropped, turn[m].stopped = f"{m} failed: {why}", True
+            exports = {r.device_id: orch.hosts[orch.host_of[r.device_id]].export_stage.options(
+                num_returns=2).remote(r.device_id) for r in done}
+            healthy = orch.healthy(done)
+            for r in done:
+                x = turn[r.device_id]
                 reports.append(r)
-                if not orch.healthy([r]):
-                    poisoned.add(ring.ring_id)
-                carried[ring.ring_id] = export
-                samples[ring.ring_id] += r.samples
-                # The clock's model-sync term (device-side parameters down and up the member's link)
-                # is the ring's pass: the model arrives from the previous member and leaves for the next.
-                clock[ring.ring_id] += orch.round_clock([r], None, clock[ring.ring_id])
-                t = orch.virtual_time_s + clock[ring.ring_id]
-                edge_busy[r.edge] = edge_busy.get(r.edge, 0.0) + \
-                    r.compute_s[1] * orch.host_speed / orch.resources.edge_flops_per_s(r.edge, t)
-                edge_busy["@cloud-tier"] = edge_busy.get("@cloud-tier", 0.0) + \
+                if r.device_id not in healthy:
+                    x.dropped = f"{r.device_id}: non-finite update"
+                x.carried = tuple(exports[r.device_id])
+                x.samples += r.samples
+                x.trained_hops += 1
+                t = orch.virtual_time_s + x.clock_s
+                x.clock_s += orch.round_clock([r], None, x.clock_s)
+                x.last_member = r.device_id
+                if r.edge is not None:
+                    busy[r.edge] = busy.get(r.edge, 0.0) + \
+                        r.compute_s[1] * orch.host_speed / orch.resources.edge_flops_per_s(r.edge, t)
+                busy["@cloud-tier"] = busy.get("@cloud-tier", 0.0) + \
                     r.compute_s[2] * orch.host_speed / sc.cloud.flops_per_s
-            self._check_handovers(orch, min(clock.values()) if clock else 0.0)
-        models = []
-        for ring in plan.rings:
-            if carried[ring.ring_id] is None or ring.ring_id in poisoned:
-                continue
-            models.append((self._ring_model(orch, ring, at[ring.ring_id], carried[ring.ring_id]),
-                           float(samples[ring.ring_id])))
-        for ring in plan.rings:
-            self._close(orch, ring, at[ring.ring_id])
+            if failed:
+                orch.drop_dead_edges({})
+        models = self._ring_models(orch, runs)
+        ray.get([c for x in runs.values() for c in self._close_calls(orch, x)])
         if models:
             orch.global_state = ring_average(models)
         self._push(orch, orch.global_state)
-        virtual = max([*clock.values(), *edge_busy.values(), 0.0])
+        virtual = max([*(x.clock_s for x in runs.values()), *busy.values(), 0.0])
+        orch.log.emit({"event": "ring_round", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
+                       "interval_s": plan.interval_s, "hops": {x.rid: x.ring.hops for x in runs.values()},
+                       "trained_hops": {x.rid: x.trained_hops for x in runs.values()},
+                       "samples": {x.rid: x.samples for x in runs.values()},
+                       "ring_s": {x.rid: x.clock_s for x in runs.values()},
+                       "predicted_s": {x.rid: x.ring.predicted_s for x in runs.values()},
+                       "dropped": {x.rid: x.dropped for x in runs.values() if x.dropped},
+                       "left_out": list(plan.left_out)})
         return RoundResult(reports, virtual, {r.ring_id: list(r.members) for r in plan.rings})
 
-    # ----- the ring session and the device-side model -----
-    def _open(self, orch: Orchestrator, ring: PlannedRing, edge: str, state_ref) -> None:
+    # ----- ring sessions -----
+    def _open_calls(self, orch: Orchestrator, x: _RingRun, state_ref) -> list:
         calls = []
-        if ring.key.n_tiers >= 2:
-            calls.append(orch.edges[edge].open_session.remote(ring.ring_id, ring.key, state_ref, 1.0))
-        if ring.key.n_tiers == 3:
-            calls.append(orch.cloud.open_session.remote(ring.ring_id, ring.key, state_ref, 1.0))
+        if x.ring.key.n_tiers >= 2:
+            calls.append(orch.edges[x.at].open_session.remote(x.rid, x.ring.key, state_ref, 1.0))
+        if x.ring.key.n_tiers == 3:
+            calls.append(orch.cloud.open_session.remote(x.rid, x.ring.key, state_ref, 1.0))
+        return calls
+
+    def _close_calls(self, orch: Orchestrator, x: _RingRun, cloud: bool = True) -> list:
+        calls = []
+        if x.ring.key.n_tiers >= 2 and x.at in orch.edges:
+            calls.append(orch.edges[x.at].close_session.remote(x.rid))
+        if cloud and x.ring.key.n_tiers == 3:
+            calls.append(orch.cloud.close_session.remote(x.rid))
+        return calls
+
+    def _close_device_sessions(self, orch: Orchestrator) -> None:
+        """Rings train against ring sessions only; per-device server sessions would sit stale (and be
+        written into every checkpoint)."""
+        servers = [*orch.edges.values(), orch.cloud]
+        held = ray.get([s.session_ids.remote() for s in servers])
+        ray.get([s.close_session.remote(sid) for s, ids in zip(servers, held, strict=True)
+                 for sid in ids if sid in orch.devices])
+
+    def _move(self, orch: Orchestrator, x: _RingRun, dst: str):
+        return orch.edges[x.at].migrate_out.remote(x.rid, orch.receivers[dst], orch.migration_key,
+                                                   orch.scenario.policy.migration_timeout_s)
+
+    def _pass_sessions(self, orch: Orchestrator, turn: dict[str, _RingRun]) -> None:
+        """Bring each ring's session to its next member's edge over the migration channel."""
+        moves = [(m, x, x.at, orch.session_at[m]) for m, x in sorted(turn.items())
+                 if x.ring.key.n_tiers >= 2 and x.at != orch.session_at[m]]
+        while moves:
+            # No edge both sends and receives in one wave: an edge holds its lock while it sends.
+            wave, senders, receivers, later = [], set(), set(), []
+            for mv in moves:
+                _, _, src, dst = mv
+                if src in receivers or dst in senders:
+                    later.append(mv)
+                else:
+                    wave.append(mv)
+                    senders.add(src)
+                    receivers.add(dst)
+            outs = ray.get([self._move(orch, x, dst) for _, x, _, dst in wave])
+            closes = []
+            for (m, x, src, dst), out in zip(wave, outs, strict=True):
+                orch.log.emit({"event": "ring_pass", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
+                               "ring": x.rid, "device": m, "from_edge": src, "to_edge": dst, "bytes": out["bytes"],
+                               "duration_s": out["duration_s"], "ok": out["ok"]})
+                if not out["ok"]:
+                    orch.log.emit({"event": "failure", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
+                                   "kind": "ring_pass", "entity": dst, "detail": f"{x.rid}: {out['error']}"})
+                    x.stopped = True  # its session is intact at src: the ring's work so far counts
+                    del turn[m]
+                    continue
+                closes.append(orch.edges[src].close_session.remote(x.rid))
+                x.at = dst
+                x.clock_s += out["duration_s"] + 8 * out["bytes"] / edge_to_edge_bps(orch.scenario, src, dst)
+                orch.counters["ring_passes"] = orch.counters.get("ring_passes", 0) + 1
+                orch.counters["ring_pass_bytes"] = orch.counters.get("ring_pass_bytes", 0) + out["bytes"]
+                orch.counters["ring_pass_time_s"] = orch.counters.get("ring_pass_time_s", 0.0) + out["duration_s"]
+            ray.get(closes)
+            moves = later
+
+    def _load_device_side(self, orch: Orchestrator, turn: dict[str, _RingRun], start) -> None:
+        calls = []
+        for m, x in turn.items():
+            host = orch.hosts[orch.host_of[m]]
+            if x.carried is None:  # the ring's first hop (or first after a restart): the round's model
+                calls.append(host.configure.remote(m, x.ring.key, start, True))
+            else:
+                calls.append(host.import_stage.remote(m, *x.carried))
         ray.get(calls)
 
-    def _close(self, orch: Orchestrator, ring: PlannedRing, edge: str) -> None:
-        calls = []
-        if ring.key.n_tiers >= 2 and edge in orch.edges:
-            calls.append(orch.edges[edge].close_session.remote(ring.ring_id))
-        if ring.key.n_tiers == 3:
-            calls.append(orch.cloud.close_session.remote(ring.ring_id))
-        ray.get(calls)
-
-    def _follow(self, orch: Orchestrator, ring: PlannedRing, member: str, at: dict[str, str], start) -> float:
-        """Bring the ring session to the member's edge; returns the virtual seconds that cost."""
-        src, dst = at[ring.ring_id], orch.session_at[member]
-        if src == dst or ring.key.n_tiers == 1:
-            at[ring.ring_id] = dst
-            return 0.0
-        sc = orch.scenario
-        if sc.policy.handover == "migrate":
-            out = ray.get(orch.edges[src].migrate_out.remote(ring.ring_id, orch.receivers[dst], orch.migration_key,
-                                                             sc.policy.migration_timeout_s))
-            if out["ok"]:
-                ray.get(orch.edges[src].close_session.remote(ring.ring_id))
-                at[ring.ring_id] = dst
-                orch.counters["migrations"] += 1
-                orch.counters["migration_bytes"] += out["bytes"]
-                orch.counters["migration_time_s"] += out["duration_s"]
-                orch.log.emit({"event": "migration", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
-                               "device": ring.ring_id, "from_edge": src, "to_edge": dst, "policy": "migrate",
-                               "bytes": out["bytes"], "duration_s": out["duration_s"], "ok": True})
-                return out["duration_s"] + 8 * out["bytes"] / edge_to_edge_bps(sc, src, dst)
-            orch.counters["failed_migrations"] += 1
-            orch.log.emit({"event": "failure", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
-                           "kind": "migration", "entity": dst, "detail": f"{ring.ring_id}: {out['error']}"})
-        # restart (or a failed move): a fresh session at the member's edge from the round's start
-        ray.get(orch.edges[src].close_session.remote(ring.ring_id)) if src in orch.edges else None
-        if ring.key.n_tiers >= 2:
-            ray.get(orch.edges[dst].open_session.remote(ring.ring_id, ring.key, start, 1.0))
-        at[ring.ring_id] = dst
-        orch.counters["restarts"] += 1
-        orch.log.emit({"event": "migration", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
-                       "device": ring.ring_id, "from_edge": src, "to_edge": dst, "policy": "restart",
-                       "bytes": 0, "duration_s": 0.0, "ok": True})
-        return 0.0
-
-    def _load_device_side(self, orch: Orchestrator, ring: PlannedRing, member: str, carried, start) -> None:
-        host = orch.hosts[orch.host_of[member]]
-        if carried is None:  # the ring's first hop this round: the global model
-            ray.get(host.configure.remote(member, ring.key, start, True))
-        else:
-            ray.get(host.import_stage.remote(member, *carried))
-
-    def _ring_model(self, orch: Orchestrator, ring: PlannedRing, edge: str, carried) -> dict[str, np.ndarray]:
-        meta, arrays = carried
-        model = {k.removeprefix("state/"): v for k, v in arrays.items() if k.startswith("state/")}
-        parts = []
-        if ring.key.n_tiers >= 2:
-            parts.append(orch.edges[edge].session_state.remote(ring.ring_id))
-        if ring.key.n_tiers == 3:
-            parts.append(orch.cloud.session_state.remote(ring.ring_id))
-        for part in ray.get(parts):
-            model.update(part)
-        assert set(model) == set(orch.global_state), "a ring's parts must make up the whole model"
-        return model
+    def _ring_models(self, orch: Orchestrator, runs: dict[str, _RingRun]) -> list[tuple[dict, float]]:
+        kept = [x for x in runs.values() if not x.dropped and x.carried is not None and x.samples > 0]
+        refs = []
+        for x in kept:
+            parts = [x.carried[1]]
+            if x.ring.key.n_tiers >= 2:
+                parts.append(orch.edges[x.at].session_state.remote(x.rid))
+            if x.ring.key.n_tiers == 3:
+                parts.append(orch.cloud.session_state.remote(x.rid))
+            refs.append(parts)
+        got = ray.get([r for parts in refs for r in parts])
+        models, i = [], 0
+        for x, parts in zip(kept, refs, strict=True):
+            device_side, *servers = got[i:i + len(parts)]
+            i += len(parts)
+            model = {k.removeprefix("state/"): v for k, v in device_side.items() if k.startswith("state/")}
+            for part in servers:
+                model.update(part)
+            assert set(model) == set(orch.global_state), "a ring's parts must make up the whole model"
+            models.append((model, float(x.samples)))
+        return models
 
     def _push(self, orch: Orchestrator, state: dict[str, np.ndarray]) -> None:
-        """Every device's stage gets the new global model (ring sessions are rebuilt next round)."""
+        """Every device's stage gets the new global model (ring sessions are opened afresh next round)."""
         ref = ray.put(state)
         for d in orch.devices:
             orch.last_pushed[d] = state
         calls = []
         for h, host in enumerate(orch.hosts):
-            mine = [d for d in orch.devices if orch.host_of[d] == h]
+            mine = [d for d in sorted(orch.devices) if orch.host_of[d] == h]
             if mine and h not in orch.lost_hosts:
                 calls.append(host.load_weights.remote(mine, ref))
         ray.get(calls)
 
-    def _check_handovers(self, orch: Orchestrator, elapsed_s: float) -> None:
-        """Between hops: devices that moved are on their new edge for their next turn."""
-        now_s = orch.mobility_time(elapsed_s, 0.0)
+    # ----- mobility -----
+    def _check_handovers(self, orch: Orchestrator, t_s: float, measured_s: float, plan: RingRoundPlan,
+                         runs: dict[str, _RingRun], start) -> None:
+        """Handovers up to ``t_s`` (predicted; ``measured_s`` as charged) into the round; a ring whose
+        active member moved follows it (``migrate``) or starts its round over at the new edge (``restart``)."""
+        sc = orch.scenario
+        progress = sc.aggregation.cloud_every * min(1.0, t_s / plan.interval_s) if plan.interval_s > 0 else 0.0
+        now_s = orch.mobility_time(measured_s, progress)
         for h in orch.detector.update(now_s, orch.mobility.positions(now_s)):
+            d = h.device
             orch.counters["handovers"] += 1
             orch.log.emit({"event": "handover", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
-                           "device": h.device, "from_edge": h.from_edge, "to_edge": h.to_edge})
-            orch.edge_of[h.device] = h.to_edge
-            if h.to_edge is not None:
-                orch.session_at[h.device] = h.to_edge
+                           "device": d, "from_edge": h.from_edge, "to_edge": h.to_edge})
+            orch.edge_of[d] = h.to_edge
+            if h.to_edge is None:
+                continue  # out of coverage: it sits its turns out until an edge covers it again
+            orch.session_at[d] = h.to_edge
+            for x in runs.values():
+                if (x.last_member == d and x.pred_s >= t_s and not x.stopped and x.ring.key.n_tiers >= 2
+                        and x.at != h.to_edge and x.at in orch.edges):
+                    self._follow_active_member(orch, x, d, h.to_edge, start)
+
+    def _follow_active_member(self, orch: Orchestrator, x: _RingRun, device: str, dst: str, start) -> None:
+        src = x.at
+        if orch.scenario.policy.handover == "migrate":
+            out = ray.get(self._move(orch, x, dst))
+            orch.log.emit({"event": "migration", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
+                           "device": device, "ring": x.rid, "from_edge": src, "to_edge": dst, "policy": "migrate",
+                           "bytes": out["bytes"], "duration_s": out["duration_s"], "ok": out["ok"]})
+            if not out["ok"]:  # the session stays at src; the next pass moves it on
+                orch.counters["failed_migrations"] += 1
+                orch.log.emit({"event": "failure", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
+                               "kind": "migration", "entity": dst, "detail": f"{x.rid}: {out['error']}"})
+                return
+            ray.get(orch.edges[src].close_session.remote(x.rid))
+            x.at = dst
+            x.clock_s += out["duration_s"] + 8 * out["bytes"] / edge_to_edge_bps(orch.scenario, src, dst)
+            orch.counters["migrations"] += 1
+            orch.counters["migration_bytes"] += out["bytes"]
+            orch.counters["migration_time_s"] += out["duration_s"]
+            return
+        # restart: the ring's work this round is lost; it starts over from the round's model at dst
+        ray.get(self._close_calls(orch, x))
+        x.at = dst
+        ray.get(self._open_calls(orch, x, start))
+        x.carried, x.samples, x.dropped = None, 0, ""
+        orch.counters["restarts"] += 1
+        orch.log.emit({"event": "migration", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
+                       "device": device, "ring": x.rid, "from_edge": src, "to_edge": dst, "policy": "restart",
+                       "bytes": 0, "duration_s": 0.0, "ok": True})

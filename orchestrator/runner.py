@@ -86,7 +86,8 @@ class Orchestrator:
         self.migration_key = secrets.token_bytes(32)
         self.last_pushed: dict[str, dict[str, np.ndarray]] = {}
         self.counters = {"handovers": 0, "migrations": 0, "migration_bytes": 0, "migration_time_s": 0.0,
-                         "failed_migrations": 0, "restarts": 0}
+                         "failed_migrations": 0, "restarts": 0,
+                         "ring_passes": 0, "ring_pass_bytes": 0, "ring_pass_time_s": 0.0}  # a ring's session moving
         self.round = 0
         self.period = 0
         self.time_to_target: dict[str, float] | None = None
@@ -738,6 +739,10 @@ class Orchestrator:
             "migration_time_s": self.counters["migration_time_s"],
             "failed_migrations": self.counters["failed_migrations"],
             "restarts": self.counters["restarts"],
+            # Capability rings: the ring session following its members across edges (not handovers).
+            "ring_passes": self.counters.get("ring_passes", 0),
+            "ring_pass_bytes": self.counters.get("ring_pass_bytes", 0),
+            "ring_pass_time_s": self.counters.get("ring_pass_time_s", 0.0),
         }
         log.emit({"event": "run_end", "wall_time_s": wall, "virtual_time_s": self.virtual_time_s,
                   "final_accuracy": accuracy, "rounds": sc.training.rounds})
