@@ -26,7 +26,8 @@ member's training (the cost model's batches plus the device-side stage in and ou
 member before it sits on another edge, the ring session's pass (edge-side weights and optimizer
 state over the edge-to-edge backhaul): on a slow backhaul a ring spread over edges makes few hops. Default interval: the
 predicted synchronous round of the slowest connected device, so the slowest ring makes one round's
-worth of hops and fast rings make several.
+worth of hops and fast rings make several. A ring's visits go on from round to round where the last
+round stopped, so every member gets its turns even when a ring makes fewer hops than it has members.
 
 Ring passes and handovers. When the next member sits on another edge, the ring session moves there
 over the migration channel (``migrate_out`` to the destination's receiver, then the source copy is
@@ -99,13 +100,17 @@ class PlannedRing:
     hop_s: tuple[float, ...]  # predicted seconds of each member's hop under that split
     hops: int  # hops this round
     pass_s: tuple[float, ...] = ()  # predicted seconds to bring the ring session to each member from the one before
+    first: int = 0  # index of the member this round's visits start at (where the last round stopped)
 
     def member(self, hop: int) -> str:
-        return self.members[hop % len(self.members)]
+        return self.members[(self.first + hop) % len(self.members)]
+
+    def cost_s(self, hop: int) -> float:
+        return hop_cost_s(self.hop_s, self.pass_s, hop, self.first)
 
     @property
     def predicted_s(self) -> float:
-        return sum(hop_cost_s(self.hop_s, self.pass_s, h) for h in range(self.hops))
+        return sum(self.cost_s(h) for h in range(self.hops))
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,7 @@ class RingRoundPlan:
     rings: tuple[PlannedRing, ...]
     interval_s: float
     left_out: tuple[str, ...] = ()  # not in any ring this round (out of coverage, host lost)
+    reformed: bool = True  # the rings were formed for this round (not kept from the last)
 
     def __str__(self) -> str:
         lines = [f"interval {self.interval_s:.3f} s" + (f"; left out: {', '.join(self.left_out)}"
@@ -126,19 +132,20 @@ class RingRoundPlan:
         return "\n".join(lines)
 
 
-def hop_cost_s(hop_s: Sequence[float], pass_s: Sequence[float], hop: int) -> float:
-    """Hop ``hop`` of a round: the member's training, plus the ring session's pass to it (the first hop
-    of a round needs none: the session opens where the first member is)."""
-    i = hop % len(hop_s)
+def hop_cost_s(hop_s: Sequence[float], pass_s: Sequence[float], hop: int, first: int = 0) -> float:
+    """Hop ``hop`` of a round that starts at member ``first``: the member's training, plus the ring
+    session's pass to it (a round's first hop needs none: the session opens where that member is)."""
+    i = (first + hop) % len(hop_s)
     return hop_s[i] + (pass_s[i] if hop > 0 and pass_s else 0.0)
 
 
-def hops_in_interval(hop_s: Sequence[float], interval_s: float, pass_s: Sequence[float] = (),
+def hops_in_interval(hop_s: Sequence[float], interval_s: float, pass_s: Sequence[float] = (), first: int = 0,
                      max_hops: int = 10_000) -> int:
-    """Hops (members in ring order, cycling) whose predicted times fit in the interval; at least one."""
+    """Hops (members in ring order from ``first``, cycling) whose predicted times fit in the interval;
+    at least one."""
     total, hops = 0.0, 0
     while hops < max_hops:
-        nxt = hop_cost_s(hop_s, pass_s, hops)
+        nxt = hop_cost_s(hop_s, pass_s, hops, first)
         if hops > 0 and total + nxt > interval_s * (1 + 1e-9):
             break
         total += nxt
@@ -174,14 +181,18 @@ def plan_ring_round(round_time_s: Mapping[str, float], edge_of: Mapping[str, str
                     hop_time_s: Callable[[str, SplitKey], float], interval_s: float | None = None,
                     formed: Sequence[tuple[tuple[str, ...], SplitKey]] | None = None,
                     taken: Collection[str] = (),
-                    pass_time_s: Callable[[str, str, SplitKey], float] | None = None) -> RingRoundPlan:
+                    pass_time_s: Callable[[str, str, SplitKey], float] | None = None,
+                    firsts: Sequence[int] | None = None) -> RingRoundPlan:
     """One round's schedule.
 
     ``round_time_s``: each device's predicted synchronous round (grouping, and the default interval);
     ``edge_of``: None for a device that cannot train this round; ``ring_split(members)``: the ring's
     split; ``hop_time_s(device, split)``: one predicted hop; ``pass_time_s(from, to, split)``: moving
     the ring session between two members' edges; ``formed``: rings to keep, used only while they
-    still cover exactly the connected devices (otherwise rings are formed afresh).
+    still cover exactly the connected devices (otherwise rings are formed afresh); ``firsts``: where
+    each kept ring's visits start (where its last round stopped; a ring formed afresh starts at its
+    first, fastest member). Without it, a ring making fewer hops than it has members would train the
+    same members every round.
     """
     devices = sorted(round_time_s)
     connected = [d for d in devices if edge_of.get(d) is not None]
@@ -190,14 +201,18 @@ def plan_ring_round(round_time_s: Mapping[str, float], edge_of: Mapping[str, str
         return RingRoundPlan((), 0.0, left_out)
     if interval_s is None:
         interval_s = max(round_time_s[d] for d in connected)
-    if formed is None or sorted(m for members, _ in formed for m in members) != connected:
+    reformed = formed is None or sorted(m for members, _ in formed for m in members) != connected
+    if reformed:
         formed = [(members, ring_split(members)) for members in form_ring_groups(round_time_s, edge_of, k)]
+    starts = [0] * len(formed) if reformed or firsts is None else list(firsts)
     rings = []
-    for rid, (members, key) in zip(ring_ids(len(formed), taken), formed, strict=True):
+    for rid, (members, key), first in zip(ring_ids(len(formed), taken), formed, starts, strict=True):
         hop_s = tuple(hop_time_s(d, key) for d in members)
         pass_s = tuple(pass_time_s(members[i - 1], d, key) if pass_time_s else 0.0 for i, d in enumerate(members))
-        rings.append(PlannedRing(rid, tuple(members), key, hop_s, hops_in_interval(hop_s, interval_s, pass_s), pass_s))
-    return RingRoundPlan(tuple(rings), float(interval_s), left_out)
+        first %= len(members)
+        hops = hops_in_interval(hop_s, interval_s, pass_s, first)
+        rings.append(PlannedRing(rid, tuple(members), key, hop_s, hops, pass_s, first))
+    return RingRoundPlan(tuple(rings), float(interval_s), left_out, reformed)
 
 
 def ring_average(models: Sequence[tuple[Mapping[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
@@ -239,15 +254,17 @@ class RingRounds:
     def __init__(self) -> None:
         self.signature: str | None = None
         self.formed: tuple[tuple[tuple[str, ...], SplitKey], ...] | None = None
+        self.firsts: list[int] | None = None  # where each ring's next round starts
 
     def export_state(self) -> dict:
         """The rings as formed (a checkpoint keeps them: they were formed from earlier observations)."""
         formed = None if self.formed is None else [
             [list(ms), [list(t) for t in key.tiers], key.n_tiers] for ms, key in self.formed]
-        return {"signature": self.signature, "formed": formed}
+        return {"signature": self.signature, "formed": formed, "firsts": self.firsts}
 
     def import_state(self, state: dict) -> None:
         self.signature = state.get("signature")
+        self.firsts = state.get("firsts")
         formed = state.get("formed")
         self.formed = None if formed is None else tuple(
             (tuple(ms), SplitKey(tuple((str(n), int(t)) for n, t in tiers), int(n_tiers)))
@@ -314,9 +331,10 @@ class RingRounds:
         plan = plan_ring_round(round_s, edge_of, k,
                                lambda members: self.ring_split(orch, members),
                                lambda d, key: self.hop_s(orch, d, key), formed=keep, taken=orch.devices,
-                               pass_time_s=lambda a, b, key: self.pass_s(orch, a, b, key))
+                               pass_time_s=lambda a, b, key: self.pass_s(orch, a, b, key),
+                               firsts=self.firsts if keep is not None else None)
         formed = tuple((r.members, r.key) for r in plan.rings)
-        if keep is None or formed != keep:
+        if plan.reformed:
             orch.log.emit({"event": "rings_formed", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
                            "rings": {r.ring_id: list(r.members) for r in plan.rings},
                            "splits": {r.ring_id: r.key.counts() for r in plan.rings},
@@ -325,6 +343,7 @@ class RingRounds:
             for m in r.members:
                 orch.splits[m] = r.key
         self.formed, self.signature = formed, signature
+        self.firsts = [(r.first + r.hops) % len(r.members) for r in plan.rings]  # the next round goes on from there
         return plan
 
     # ----- one round -----
@@ -337,7 +356,7 @@ class RingRounds:
         if not plan.rings:
             return RoundResult([], 0.0, {})
         start = ray.put(orch.global_state)
-        runs = {r.ring_id: _RingRun(r, orch.session_at[r.members[0]]) for r in plan.rings}
+        runs = {r.ring_id: _RingRun(r, orch.session_at[r.member(0)]) for r in plan.rings}
         ray.get([c for x in runs.values() for c in self._open_calls(orch, x, start)])
         reports: list[TrainReport] = []
         busy: dict[str, float] = {}  # summed compute per edge (and the cloud) this round
@@ -351,12 +370,12 @@ class RingRounds:
             if not pending:
                 break
             t0 = min(x.pred_s for x in pending)
-            window = min(hop_cost_s(x.ring.hop_s, x.ring.pass_s, x.next_hop) for x in pending if x.pred_s == t0)
+            window = min(x.ring.cost_s(x.next_hop) for x in pending if x.pred_s == t0)
             turn: dict[str, _RingRun] = {}
             for x in pending:
                 if x.pred_s < t0 + window:
                     member = x.ring.member(x.next_hop)
-                    x.pred_s += hop_cost_s(x.ring.hop_s, x.ring.pass_s, x.next_hop)  # the slot passes, used or not
+                    x.pred_s += x.ring.cost_s(x.next_hop)  # the slot passes, used or not
                     x.next_hop += 1
                     if orch.available(member):  # out of coverage or on a lost host: it sits its turn out
                         turn[member] = x
@@ -398,6 +417,7 @@ class RingRounds:
         virtual = max([*(x.clock_s for x in runs.values()), *busy.values(), 0.0])
         orch.log.emit({"event": "ring_round", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
                        "interval_s": plan.interval_s, "hops": {x.rid: x.ring.hops for x in runs.values()},
+                       "first": {x.rid: x.ring.member(0) for x in runs.values()},
                        "trained_hops": {x.rid: x.trained_hops for x in runs.values()},
                        "samples": {x.rid: x.samples for x in runs.values()},
                        "ring_s": {x.rid: x.clock_s for x in runs.values()},

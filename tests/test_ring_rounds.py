@@ -41,10 +41,10 @@ def test_hops_fill_the_interval_fast_rings_make_more_and_every_ring_at_least_one
     assert hops_in_interval((1.0, 1.0), 3.0, pass_s=(0.5, 0.5)) == 2  # 1, then 0.5 + 1; the first hop needs no pass
 
 
-def _plan(times, edges, k, interval_s=None, formed=None, pass_s=None):
+def _plan(times, edges, k, interval_s=None, formed=None, pass_s=None, firsts=None):
     return plan_ring_round(times, edges, k, ring_split=lambda members: KEY,
                            hop_time_s=lambda d, key: times[d] / 2, interval_s=interval_s, formed=formed,
-                           pass_time_s=pass_s)
+                           pass_time_s=pass_s, firsts=firsts)
 
 
 def test_the_plan_groups_by_speed_respects_k_leaves_out_the_disconnected_and_is_deterministic():
@@ -80,10 +80,30 @@ def test_formed_rings_are_kept_while_valid_and_re_formed_when_membership_changes
     times = {"a": 1.0, "b": 1.2, "c": 5.0, "d": 5.5}
     edges = {"a": "e0", "b": "e0", "c": "e1", "d": "e1"}
     custom = ((("b", "a"), KEY), (("c", "d"), KEY))  # not what forming would choose: kept as given
-    assert [r.members for r in _plan(times, edges, 2, formed=custom).rings] == [("b", "a"), ("c", "d")]
+    kept = _plan(times, edges, 2, formed=custom, firsts=[1, 1])
+    assert not kept.reformed and [r.members for r in kept.rings] == [("b", "a"), ("c", "d")]
+    assert kept.rings[1].first == 1 and kept.rings[1].member(0) == "d"  # going on where the last round stopped
     gone = dict(edges, d=None)
-    assert [r.members for r in _plan(times, gone, 2, formed=custom).rings] == [("a", "b"), ("c",)]
+    fresh = _plan(times, gone, 2, formed=custom, firsts=[1, 1])
+    assert fresh.reformed and [r.members for r in fresh.rings] == [("a", "b"), ("c",)]
+    assert [r.first for r in fresh.rings] == [0, 0]
     assert form_ring_groups(times, gone, 2) == (("a", "b"), ("c",))
+
+
+def test_a_ring_with_fewer_hops_than_members_visits_all_of_them_over_the_rounds():
+    times = {"a": 1.0, "b": 1.0, "c": 1.0}
+    edges = dict.fromkeys(times, "e0")
+    plan = _plan(times, edges, 1, interval_s=1.0)  # hops of 0.5: two fit, three members
+    assert plan.rings[0].hops == 2
+    seen, firsts = [], None
+    for _ in range(3):
+        ring = _plan(times, edges, 1, interval_s=1.0, formed=((plan.rings[0].members, KEY),), firsts=firsts).rings[0]
+        seen += [ring.member(h) for h in range(ring.hops)]
+        firsts = [(ring.first + ring.hops) % len(ring.members)]
+    assert seen == [*plan.rings[0].members, *plan.rings[0].members]
+    assert hops_in_interval((1.0, 5.0, 1.0), 2.0, first=2) == 2  # the third member, then the first; not the second
+    assert hops_in_interval((1.0, 5.0, 1.0), 2.0, first=1) == 1  # the slow one first: still one hop
+    assert hop_cost_s((1.0, 2.0), (0.5, 0.25), 1, first=1) == 1.5  # member 0 after member 1: 1.0 + its pass 0.5
 
 
 def test_ring_average_weights_by_samples_and_drops_rings_that_trained_nothing():
@@ -141,7 +161,9 @@ def test_a_ring_equals_sequential_training_member_after_member(ray_session, tmp_
     order = formed[0]["rings"]["ring:0"]
     plans = [e for e in events if e["event"] == "ring_round"]
     assert len(plans) == 2 and all(p["hops"]["ring:0"] >= 4 and p["trained_hops"] == p["hops"] for p in plans)
-    visits = [[order[h % 3] for h in range(p["trained_hops"]["ring:0"])] for p in plans]
+    visits = [[order[(order.index(p["first"]["ring:0"]) + h) % 3] for h in range(p["trained_hops"]["ring:0"])]
+              for p in plans]
+    assert plans[1]["first"]["ring:0"] == order[plans[0]["hops"]["ring:0"] % 3]  # round 2 goes on from round 1
     assert summary["ring_passes"] >= 2 * 2 and summary["ring_pass_bytes"] > 0  # e0 -> e1 -> e0 each round
     assert summary["migrations"] == 0  # nobody moved: ring passes are not handover migrations
     rounds = [e for e in events if e["event"] == "round_end"]
