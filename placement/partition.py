@@ -11,12 +11,17 @@ variables y_k(v) = [x_v >= k], one graph node each; y = 1 means "on the source s
   z → y_k(u) carrying the cost, so a multi-consumer output is paid once;
 * pins lo <= x_v <= hi are infinite edges from s / to t.
 
-Capacities are integers: costs are scaled so the largest possible total is about 2**44 and then
-rounded (networkx's preflow-push returned non-minimal cuts on float capacities; on integers every
-max-flow algorithm is exact). Each rounded term is off by at most half a unit, so the returned
-assignment's exact cost is within ``rounding_bound_s`` (number of terms / scale) of the true
-optimum, about 1e-11 relative; the reported cost is always the exact float cost of the returned
-assignment, recomputed by :mod:`placement.cost`.
+Capacities are integers (networkx's preflow-push returned non-minimal cuts on float capacities;
+on integers every max-flow algorithm is exact). Each rounded term is off by at most half a unit, so
+the returned assignment's exact cost is within ``rounding_bound_s`` = (number of terms) / scale of
+the true optimum. Scaling the largest possible total to about 2**44 made that bound relative to
+the total, not to the optimum, which can be many orders of magnitude smaller (a huge transfer that
+no good plan pays): ties at the optimum's scale then rounded away and the cut was 50% worse than
+brute force. So the scale comes from an upper bound on the optimum (the cheapest uniform plan,
+about 2**56 / cost, Python integers), and the cut is repeated with the scale set by the exact
+cost of the best assignment so far until the bound is at most 1e-12 of that cost. The reported
+cost is always the exact float cost of the returned assignment, recomputed by
+:mod:`placement.cost`.
 
 Device memory is a knapsack-like side constraint, so it is solved exactly by branch and bound on
 top of the cut: the unconstrained cut under the current pins is a lower bound; if its device set
@@ -46,6 +51,9 @@ from placement.cost import (
 from placement.errors import InfeasiblePlacementError
 
 _SCALE_TARGET = float(2**44)
+_REFINE_TARGET = float(2**56)
+_REL_BOUND = 1e-12
+_MAX_REFINE = 6
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,11 @@ def min_cut(
     extra_edge_weight: float = 0.0,
     flow_func: Callable = boykov_kolmogorov,
 ) -> CutResult:
-    """Optimal monotone assignment within pins (memory ignored) by one s–t minimum cut."""
+    """Optimal monotone assignment within pins (memory ignored) by s–t minimum cuts.
+
+    The returned assignment costs at most ``rounding_bound_s`` more than the optimum, and that
+    bound is at most 1e-12 of its cost (see the module docstring) unless the cost is zero.
+    """
     lo = cg.lo if lo is None else lo
     hi = cg.hi if hi is None else hi
     k_tiers = cg.num_tiers
@@ -102,9 +114,51 @@ def min_cut(
     bw = speeds.bandwidth_bps
     transfer = [[cg.bits[u] / bw[k - 1] for k in range(1, k_tiers)] for u in range(n)]
     total = sum(max(abs(c) for c in row) for row in unit) + sum(sum(r) for r in transfer)
-    scale = _SCALE_TARGET / total if total > 0 else 1.0
     n_terms = n * k_tiers + sum(len(cg.succ[u]) > 0 for u in range(n)) * (k_tiers - 1)
 
+    def cost(x: tuple[int, ...]) -> float:
+        c = sum(unit[v][x[v]] for v in range(n))
+        for u in range(n):
+            top = max((x[w] for w in cg.succ[u]), default=-1)
+            c += sum(transfer[u][k - 1] for k in range(x[u] + 1, top + 1))
+        return c
+
+    # Start from the cheapest uniform plan (every node at tier k, clamped to its pins) when one is
+    # valid: an upper bound on the optimum that is usually close enough to need no second cut.
+    upper = math.inf
+    for k in range(k_tiers):
+        x = tuple(min(max(k, lo[v]), hi[v]) for v in range(n))
+        if all(x[u] <= x[w] for u in range(n) for w in cg.succ[u]):
+            upper = min(upper, cost(x))
+    if 0 < upper < math.inf:
+        scale = _REFINE_TARGET / upper
+    else:
+        scale = _SCALE_TARGET / total if total > 0 else 1.0
+    best = _cut_at_scale(cg, unit, transfer, lo, hi, scale, flow_func)
+    best_cost, bound = cost(best), n_terms / scale
+    for _ in range(_MAX_REFINE):
+        if best_cost <= 0 or bound <= _REL_BOUND * best_cost:
+            break
+        scale = _REFINE_TARGET / best_cost
+        x = _cut_at_scale(cg, unit, transfer, lo, hi, scale, flow_func)
+        bound = min(bound, n_terms / scale)  # each cut is within its own bound of the optimum
+        if cost(x) < best_cost:
+            best, best_cost = x, cost(x)
+    return CutResult(x=best, rounding_bound_s=bound)
+
+
+def _cut_at_scale(
+    cg: CostGraph,
+    unit: list[list[float]],
+    transfer: list[list[float]],
+    lo: Sequence[int],
+    hi: Sequence[int],
+    scale: float,
+    flow_func: Callable,
+) -> tuple[int, ...]:
+    """One minimum cut with every cost term rounded to an integer at ``scale`` units per second."""
+    k_tiers = cg.num_tiers
+    n = len(cg.names)
     g = nx.DiGraph()
     g.add_node("s")
     g.add_node("t")
@@ -161,8 +215,7 @@ def min_cut(
     cut_value, (source_side, _) = nx.minimum_cut(g, "s", "t", flow_func=flow_func)
     if cut_value >= inf:
         raise InfeasiblePlacementError("the pins contradict the data flow (a pinned node sits above a consumer)")
-    x = tuple(sum((v, k) in source_side for k in range(1, k_tiers)) for v in range(n))
-    return CutResult(x=x, rounding_bound_s=n_terms / scale)
+    return tuple(sum((v, k) in source_side for k in range(1, k_tiers)) for v in range(n))
 
 
 def _monotone_assignments(cg: CostGraph, lo: Sequence[int], hi: Sequence[int]):
@@ -225,7 +278,7 @@ def mincut_vector(cg: CostGraph, speeds: TierSpeeds) -> tuple[tuple[int, ...], f
     if memory_of(cg, first.x) <= cg.memory_limit_bytes:
         return first.x, first.rounding_bound_s
     limit = cg.memory_limit_bytes
-    slack = first.rounding_bound_s
+    slack = first.rounding_bound_s  # the largest bound of any cut used below
     best: tuple[int, ...] | None = None
     best_cost = math.inf
     stack = [(tuple(cg.lo), tuple(cg.hi))]
@@ -238,8 +291,9 @@ def mincut_vector(cg: CostGraph, speeds: TierSpeeds) -> tuple[tuple[int, ...], f
         except InfeasiblePlacementError:
             continue
         x = res.x
+        slack = max(slack, res.rounding_bound_s)
         cost = time_from_features(features(cg, x), speeds)
-        if cost - slack >= best_cost:
+        if cost - res.rounding_bound_s >= best_cost:  # this subtree's optimum is no better
             continue
         if memory_of(cg, x) <= limit:
             best, best_cost = x, cost
