@@ -247,6 +247,24 @@ def _ttt_text(r: Row) -> str:
     return "not reached" if r.time_to_target_s is None else f"{r.time_to_target_s:.1f} s (round {r.target_round})"
 
 
+def _layer_profile(scenario: Scenario, out: Path) -> dict | None:
+    """One timing of the model's layers for every variant (``policy.plan_costs: measured``).
+
+    Each run would otherwise time the layers itself, and on a busy host two timings differ enough
+    to flip a close plan: the variants would then differ by more than their policy. Kept in
+    ``layer_profile.json`` beside the table.
+    """
+    if scenario.policy.plan_costs != "measured":
+        return None
+    from orchestrator.planning import layer_graph
+    from orchestrator.world import load_dataset
+
+    graph = layer_graph(scenario, load_dataset(scenario).shape)
+    profile = {"host_flops_per_s": graph.graph["host_flops_per_s"], "node_seconds": graph.graph["node_seconds"]}
+    (out / "layer_profile.json").write_text(json.dumps(profile, indent=1) + "\n")
+    return graph.graph["node_seconds"]
+
+
 def compare(scenario: Scenario, names: Sequence[str], out: Path, address: str | None = None,
             rounds: int | None = None, progress: bool = True) -> list[Row]:
     """Run ``scenario`` under each named variant into ``out/<variant>/``; write compare.md/.json/.png."""
@@ -258,6 +276,7 @@ def compare(scenario: Scenario, names: Sequence[str], out: Path, address: str | 
     if rounds is not None:
         scenario = replace(scenario, training=replace(scenario.training, rounds=rounds))
     out.mkdir(parents=True, exist_ok=True)
+    node_seconds = _layer_profile(scenario, out)
     derived: list[tuple[str, Scenario]] = []
     rows: list[Row] = []
     t_all = time.perf_counter()
@@ -273,7 +292,8 @@ def compare(scenario: Scenario, names: Sequence[str], out: Path, address: str | 
         else:
             if run_dir.is_symlink():  # an earlier comparison shared a twin's run here: do not write into it
                 run_dir.unlink()
-            run_scenario(sc, RunOptions(out_dir=run_dir, address=address, progress=progress))
+            run_scenario(sc, RunOptions(out_dir=run_dir, address=address, progress=progress,
+                                        node_seconds=node_seconds))
             rows.append(row_from_run(name, run_dir))
         r = rows[-1]
         how = f"same run as {twin}" if twin else f"{time.perf_counter() - t0:.0f} s wall"

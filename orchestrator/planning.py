@@ -30,9 +30,49 @@ class DevicePlan:
     observed: Observed | None = None  # every speed this plan assumed
 
 
-def layer_graph(scenario: Scenario, shape: InputShape) -> nx.DiGraph:
+NodeSeconds = dict[str, tuple[float, float]]  # layer -> (forward, backward) host seconds per sample
+
+
+def layer_graph(scenario: Scenario, shape: InputShape, host_flops_per_s: float | None = None,
+                node_seconds: NodeSeconds | None = None) -> nx.DiGraph:
+    """The layer graph the planner prices, in the units the clock charges.
+
+    With ``policy.plan_costs: measured`` (the default) each layer's FLOPs are replaced by its
+    seconds timed on this host (single-threaded, like the tier actors, at the scenario's batch
+    size) times the host's calibrated FLOP/s, which is exactly how emulated time scales measured
+    compute. FLOP counts miss per-call overhead, which dominates small layers: for VGG-5 on 8x8
+    digits a ReLU counts 0 FLOPs yet takes as long as conv1, and the whole model costs about 12x
+    its FLOP count, so FLOP-priced plans were predicted 2-2.6x faster than the clock charged and
+    kept compute on devices it slowed. ``node_seconds`` reuses a profile (a resumed run, or every
+    variant of a comparison); the profile used is kept in ``graph.graph["node_seconds"]``.
+    """
+    import torch
+
+    from placement.graph import attach_profile, profile_seconds
+
     model = build_model(scenario.model.name, shape, seed=scenario.training.seed)
-    return build_layer_graph(model, (shape.channels, shape.height, shape.width), batch_size=8)
+    sample = (shape.channels, shape.height, shape.width)
+    graph = build_layer_graph(model, sample, batch_size=8)
+    if scenario.policy.plan_costs != "measured":
+        return graph
+    if node_seconds is None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            node_seconds = profile_seconds(model, sample, batch_size=scenario.training.batch_size, repeats=9)
+        finally:
+            torch.set_num_threads(threads)
+    if host_flops_per_s is None:
+        from orchestrator.clock import host_flops_per_s as calibrate
+
+        host_flops_per_s = calibrate()
+    missing = set(graph.nodes) - set(node_seconds)
+    if missing:
+        raise ValueError(f"the layer profile has no timing for layers {sorted(missing)}")
+    graph = attach_profile(graph, {n: node_seconds[n] for n in graph.nodes}, host_flops_per_s)
+    graph.graph["node_seconds"] = {n: tuple(node_seconds[n]) for n in graph.nodes}
+    graph.graph["host_flops_per_s"] = host_flops_per_s
+    return graph
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ class RunOptions:
     metrics_addr: str | None = None
     event_sinks: tuple = ()  # extra callables that receive every event (tests, embedding programs)
     resume: bool = False  # continue from out_dir's last round-boundary checkpoint
+    node_seconds: dict | None = None  # a layer profile to plan with (planning.layer_graph); None: time it here
 
 
 def init_ray(address: str | None) -> None:
@@ -99,10 +100,12 @@ class Orchestrator:
         self.graph = None
         self.measured_flops: dict[str, float] = {}
         self.observed: dict[str, tuple] = {}  # device -> (edge, planning.Observed), smoothed per round
+        self.host_speed = host_flops_per_s()
         if scenario.policy.placement == "adaptive" or scenario.policy.rings != "off":
             from orchestrator.planning import layer_graph
 
-            self.graph = layer_graph(scenario, self.shape)  # rings predict round times with it too
+            # Rings predict round times with it too.
+            self.graph = layer_graph(scenario, self.shape, self.host_speed, options.node_seconds)
         if scenario.policy.placement == "adaptive":
             from orchestrator.planning import plan_all
 
@@ -115,7 +118,6 @@ class Orchestrator:
         self.eval_model = build_model(scenario.model.name, self.shape)
         self.bytes_total = {link: {"up": 0, "down": 0} for link in LINKS}
         self.virtual_time_s = 0.0
-        self.host_speed = host_flops_per_s()
         self.resources = ResourceModel(scenario)  # reads nothing: the trace was loaded with the scenario
 
     # ----- actors -----
@@ -457,6 +459,8 @@ class Orchestrator:
                           "observed": None if p.observed is None else list(astuple(p.observed))}
                       for d, p in getattr(self, "plans", {}).items()},
             "observed": {d: [edge, list(astuple(o))] for d, (edge, o) in self.observed.items()},
+            "node_seconds": None if self.graph is None else self.graph.graph.get("node_seconds"),
+            "plan_host_flops_per_s": None if self.graph is None else self.graph.graph.get("host_flops_per_s"),
             "round_policy": self.round_policy.export_state(),
         }
         save_checkpoint(self.options.out_dir, Checkpoint(state, self.global_state, devices, sessions))
@@ -481,6 +485,11 @@ class Orchestrator:
                                         p["device_flops_per_s"], p["observed"] and Observed(*p["observed"]))
                           for d, p in st["plans"].items()}
         self.observed = {d: (edge, Observed(*o)) for d, (edge, o) in st["observed"].items()}
+        if st.get("node_seconds"):  # re-plan with the layer profile the interrupted run planned with
+            from orchestrator.planning import layer_graph
+
+            self.graph = layer_graph(self.scenario, self.shape, float(st["plan_host_flops_per_s"]),
+                                     {n: (float(f), float(b)) for n, (f, b) in st["node_seconds"].items()})
         self.round_policy.import_state(st["round_policy"])
         alive = set(st["edges"])
         if CLOUD_EDGE in alive:

@@ -108,6 +108,7 @@ class PolicySpec:
     migration_timeout_s: float = 10.0
     step_timeout_s: float = 30.0  # a data-plane step unanswered this long fails that device's segment
     round_deadline_s: float | None = None  # wall seconds a device host may take per segment; None: no deadline
+    plan_costs: str = "measured"  # measured: per-layer seconds timed on this host | flops: FLOP counts
 
 
 @dataclass(frozen=True)
@@ -280,6 +281,7 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path(".")) -> Scenar
         step_timeout_s=pol_f.number("step_timeout_s", 30.0, positive=True),
         round_deadline_s=pol_f.number("round_deadline_s", None, positive=True)
         if pol_f.get("round_deadline_s", None) is not None else None,
+        plan_costs=pol_f.string("plan_costs", "measured", choices=("measured", "flops")),
     )
     pol_f.reject_unknown()
     ex_f = top.sub("execution", {})

@@ -34,6 +34,7 @@ EXPECTED = {
     "unknown_edge_field.yaml": "edges[0].colour: unknown field",
     "no_edges.yaml": "edges: expected at least one edge server",
     "bad_policy.yaml": "policy.handover: expected one of 'migrate', 'restart', got 'teleport'",
+    "bad_plan_costs.yaml": "policy.plan_costs: expected one of 'measured', 'flops', got 'guessed'",
     "cifar_without_path.yaml": "dataset.path: expected the local directory holding CIFAR-10's python batches",
     "bad_position.yaml": "devices[0].position: expected a pair of numbers [x, y], got [10]",
     "trace_without_file.yaml": "mobility.trace: missing (required)",
