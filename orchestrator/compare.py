@@ -102,6 +102,7 @@ class Row:
     curve: list[tuple[float, float]]  # (virtual time, accuracy) after each round
     policy: str = ""
     same_as: str | None = None  # this variant's scenario equals that one's: its run is reused
+    ring_passes: int = 0  # a ring's session moving to its next member's edge (not handovers)
 
 
 def row_from_run(variant: str, run_dir: Path) -> Row:
@@ -114,7 +115,8 @@ def row_from_run(variant: str, run_dir: Path) -> Row:
                float(summary["final_accuracy"]), int(summary["rounds"]), float(summary["virtual_time_s"]),
                float(summary["wall_time_s"]), {k: int(v) for k, v in summary["bytes_up"].items()},
                {k: int(v) for k, v in summary["bytes_down"].items()}, int(summary["handovers"]),
-               int(summary["migrations"]), int(summary["restarts"]), curve, str(summary.get("policy", "")))
+               int(summary["migrations"]), int(summary["restarts"]), curve, str(summary.get("policy", "")),
+               ring_passes=int(summary.get("ring_passes", 0)))
 
 
 ALL_ROUNDS = "virtual_time_s"  # the measure for ratios over every round instead of to the target
@@ -178,13 +180,13 @@ LINK_NAMES = ("device-edge", "edge-cloud")
 
 def markdown(rows: Sequence[Row], target: float) -> str:
     lines = [f"| variant | time to {target:.0%} (virtual s) | final accuracy | rounds | virtual s (all rounds) | "
-             "device-edge up / down | edge-cloud up / down | handovers / migrations / restarts |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "device-edge up / down | edge-cloud up / down | handovers / migrations / restarts | ring passes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ttt = "not reached" if r.time_to_target_s is None else f"{r.time_to_target_s:.1f} (round {r.target_round})"
         links = [f"{human_bytes(r.bytes_up.get(k, 0))} / {human_bytes(r.bytes_down.get(k, 0))}" for k in LINK_NAMES]
         lines.append(f"| {r.variant} | {ttt} | {r.final_accuracy:.3f} | {r.rounds} | {r.virtual_time_s:.1f} | "
-                     f"{links[0]} | {links[1]} | {r.handovers} / {r.migrations} / {r.restarts} |")
+                     f"{links[0]} | {links[1]} | {r.handovers} / {r.migrations} / {r.restarts} | {r.ring_passes} |")
     lines.append("")
     for r in rows:
         if r.same_as:
