@@ -128,6 +128,7 @@ def profile_for(scenario: Scenario, device: DeviceSpec, edge_name: str, device_f
                             device.bandwidth_mbps * 1e6, cloud, edge.cloud_bandwidth_mbps * 1e6)
     return Profile(speeds, batch_size=scenario.training.batch_size,
                    steps_per_round=scenario.training.local_steps * scenario.aggregation.cloud_every,
+                   syncs_per_round=scenario.aggregation.cloud_every,  # the clock charges a sync every period
                    device_memory_bytes=device.memory_mb * 2**20, private_layers=PRIVATE_LAYERS)
 
 

@@ -284,7 +284,7 @@ class RingRounds:
         observed = seen[1] if seen and seen[0] == edge else None
         profile = profile_for(orch.scenario, orch.devices[device], edge, observed=observed,
                               shares=shares_for(orch.session_at)[device])
-        return replace(profile, steps_per_round=steps)
+        return replace(profile, steps_per_round=steps, syncs_per_round=1)
 
     def hop_s(self, orch: Orchestrator, device: str, key: SplitKey) -> float:
         """One hop: ``local_steps`` batches plus the device-side stage in and out (the clock's sync term)."""

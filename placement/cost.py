@@ -5,8 +5,13 @@ For an assignment x (node -> tier, 0 device, 1 edge, 2 cloud) the batch time is
     T(x) = Σ_v work_v / flops_per_s[x_v]
          + Σ_u Σ_{k: x_u < k <= max_{w ∈ succ(u)} x_w} 2 · 8 · bytes_u / bandwidth_bps[k-1]
 
-(activation up, gradient down, bits = 8 · bytes). Here work and bytes are per batch: a layer
-graph's per-sample figures times ``batch_size``. Grouped by tier the same sum is
+         + Σ_{v: x_v = 0} 2 · 8 · param_bytes_v · syncs_per_round / steps_per_round / bandwidth_bps[0]
+
+(activation up, gradient down, bits = 8 · bytes; the last line is each batch's share of the
+round's model sync of the device-side layers, up and down the device link, charged with more
+than one tier). Here work and bytes are per batch: a layer graph's per-sample figures times
+``batch_size``. The sync term is unary (it depends on x_v alone), so one minimum cut still
+solves it exactly. Grouped by tier the same sum is
 
     T(x) = Σ_k F_k / flops_per_s[k] + Σ_k A_k / bandwidth_bps[k-1]
 
@@ -75,6 +80,7 @@ class Profile:
     speeds: TierSpeeds
     batch_size: int = 8
     steps_per_round: int = 1
+    syncs_per_round: int = 1  # times the device-side parameters go up and come back per round
     device_memory_bytes: float = math.inf
     private_layers: int = 0
     param_state_factor: float = 3.0
@@ -96,6 +102,9 @@ class CostGraph:
     hi: tuple[int, ...]
     num_tiers: int
     memory_limit_bytes: float = math.inf
+    # Bits per batch a node costs on the first link when it sits on the device: its share of the
+    # round's model sync (parameters up, aggregate down). Empty: no sync (bare instances).
+    sync_bits: tuple[float, ...] = ()
 
     @property
     def index(self) -> dict[str, int]:
@@ -154,15 +163,24 @@ def cost_graph(graph: nx.DiGraph, profile: Profile) -> CostGraph:
         hi=tuple(hi),
         num_tiers=k,
         memory_limit_bytes=profile.device_memory_bytes,
+        sync_bits=tuple(
+            16.0 * float(graph.nodes[n].get("param_bytes", 0.0)) * profile.syncs_per_round / profile.steps_per_round
+            for n in names
+        ) if k > 1 else (),
     )
 
 
 def features(cg: CostGraph, x: Sequence[int]) -> tuple[float, ...]:
-    """(F_0, …, F_{K-1}, A_1, …, A_{K-1}): work per tier and bits per boundary of assignment x."""
+    """(F_0, …, F_{K-1}, A_1, …, A_{K-1}): work per tier and bits per boundary of assignment x.
+
+    A_1 includes the model sync of the device-side nodes (``sync_bits``), which crosses the first link.
+    """
     k = cg.num_tiers
     f = [0.0] * (2 * k - 1)
     for i, xi in enumerate(x):
         f[xi] += cg.work_flops[i]
+        if xi == 0 and cg.sync_bits:
+            f[k] += cg.sync_bits[i]
         top = max((x[w] for w in cg.succ[i]), default=-1)
         for boundary in range(xi + 1, top + 1):
             f[k + boundary - 1] += cg.bits[i]
@@ -223,15 +241,16 @@ def device_param_bytes(graph: nx.DiGraph, assignment: Mapping[str, int]) -> floa
 
 
 def round_time_s(graph: nx.DiGraph, assignment: Mapping[str, int], profile: Profile) -> float:
-    """Seconds of one round: ``steps_per_round`` batches plus the device's parameter sync.
+    """Seconds of one round: ``steps_per_round`` batches, each carrying its share of the sync.
 
     The sync is the device-side parameters going up to the edge for aggregation and the
-    aggregate coming back, both on the device link: 2 · 8 · device param bytes / bandwidth. The
-    edge- and cloud-side parameters already live on the servers (in the session), and the
-    edge→cloud aggregation is per edge server, not per device, so it is not charged here.
+    aggregate coming back, both on the device link, ``syncs_per_round`` times:
+    2 · 8 · device param bytes / bandwidth each. It is part of the batch cost the partitioner
+    minimises (``CostGraph.sync_bits``), so a plan that keeps many weights behind a slow link pays
+    for them. The edge- and cloud-side parameters already live on the servers (in the session),
+    and the edge→cloud aggregation is per edge server, not per device, so it is not charged here.
     """
-    sync_s = 2 * 8 * device_param_bytes(graph, assignment) / profile.speeds.device_edge_bandwidth_bps
-    return profile.steps_per_round * batch_time_s(graph, assignment, profile) + sync_s
+    return profile.steps_per_round * batch_time_s(graph, assignment, profile)
 
 
 def features_matrix(cg: CostGraph, xs: Sequence[Sequence[int]]) -> np.ndarray:

@@ -84,8 +84,10 @@ def _unit_costs(cg: CostGraph, speeds: TierSpeeds, extra_edge_weight: float = 0.
     """c_v(k) for every node and tier; ``extra_edge_weight`` adds λ · work to edge-tier cost."""
     s = speeds.flops_per_s
     out = []
-    for w in cg.work_flops:
+    for v, w in enumerate(cg.work_flops):
         row = [w / s[k] for k in range(cg.num_tiers)]
+        if cg.sync_bits:  # the device-side share of the model sync, on the first link
+            row[0] += cg.sync_bits[v] / speeds.bandwidth_bps[0]
         if extra_edge_weight and cg.num_tiers > 1:
             row[1] += extra_edge_weight * w
         out.append(row)

@@ -45,7 +45,8 @@ def random_instance(draw, max_nodes: int = 8, pins: bool = True, memory: bool = 
         [draw(st.floats(1e3, 1e9)) for _ in range(k)], [draw(st.floats(1e2, 1e9)) for _ in range(k - 1)]
     )
     profile = Profile(
-        speeds, batch_size=draw(st.integers(1, 4)), private_layers=draw(st.integers(0, 2)), param_state_factor=1.0
+        speeds, batch_size=draw(st.integers(1, 4)), private_layers=draw(st.integers(0, 2)), param_state_factor=1.0,
+        steps_per_round=draw(st.integers(1, 8)), syncs_per_round=draw(st.integers(0, 2)),
     )
     fraction = draw(st.sampled_from([None, None, 0.2, 0.5, 0.8])) if memory else None
     if fraction is not None:  # a limit that binds: a share of the all-on-device memory
@@ -184,9 +185,35 @@ def test_memory_limit_is_respected_on_resnet(real_graphs):
 
 def test_round_time_adds_steps_and_device_parameter_sync(real_graphs):
     g = real_graphs["vgg5"]
-    profile = Profile(TierSpeeds(1e9, 2e10, 1e7), batch_size=16, steps_per_round=5)
-    plan = partition(g, profile)
-    device_params = sum(g.nodes[n]["param_bytes"] for n, t in plan.assignment.items() if t == 0)
-    expect = 5 * plan.batch_time_s + 16 * device_params / 1e7
-    assert math.isclose(round_time_s(g, plan.assignment, profile), expect, rel_tol=1e-12)
+    profile = Profile(TierSpeeds(1e9, 2e10, 1e7), batch_size=16, steps_per_round=5, syncs_per_round=2)
+    local = {n: 0 for n in g.nodes}  # every weight on the device: two syncs of all of them a round
+    compute = sum(16 * (g.nodes[n]["fwd_flops"] + g.nodes[n]["bwd_flops"]) / 1e9 for n in g.nodes)
+    params = sum(g.nodes[n]["param_bytes"] for n in g.nodes)
+    expect = 5 * compute + 2 * (2 * 8 * params / 1e7)
+    assert math.isclose(round_time_s(g, local, profile), expect, rel_tol=1e-12)
     assert cost_graph(g, profile).is_chain()
+
+
+def _two_layer_chain(param_bytes: float) -> nx.DiGraph:
+    g = nx.DiGraph(source="x")
+    g.add_node("x", order=0, fwd_flops=0.0, bwd_flops=0.0, activation_bytes=100.0, param_bytes=0.0)
+    g.add_node("fc", order=1, fwd_flops=1e3, bwd_flops=2e3, activation_bytes=10.0, param_bytes=param_bytes)
+    g.add_node("head", order=2, fwd_flops=1e3, bwd_flops=2e3, activation_bytes=4.0, param_bytes=0.0)
+    g.add_edges_from([("x", "fc"), ("fc", "head")])
+    return g
+
+
+@pytest.mark.parametrize("method", ["chain", "mincut"])
+def test_the_sync_of_heavy_device_weights_is_part_of_what_the_planner_minimises(method):
+    """A fast device on a slow link keeps light layers, but not a layer whose weights it must sync."""
+    speeds = TierSpeeds(1e9, 1e9, 1e6)
+    profile = Profile(speeds, batch_size=1, steps_per_round=4, syncs_per_round=1)
+    light = partition(_two_layer_chain(0.0), profile, method=method)
+    assert light.assignment == {"x": 0, "fc": 0, "head": 0}
+    heavy_graph = _two_layer_chain(1e6)  # 1 MB of weights: 16 s of sync a round at 1 Mbit/s
+    heavy = partition(heavy_graph, profile, method=method)
+    assert heavy.assignment == {"x": 0, "fc": 1, "head": 1}
+    expect = 6e3 / 1e9 + 2 * 8 * 100 / 1e6  # both layers on the edge, x's 100 bytes up and back
+    assert math.isclose(heavy.batch_time_s, expect, rel_tol=1e-12)
+    oracle = brute_force(heavy_graph, profile)
+    assert math.isclose(oracle.batch_time_s, heavy.batch_time_s, rel_tol=1e-12)
