@@ -9,6 +9,7 @@ The orchestrator writes each event to the run's ``events.jsonl`` and hands the s
                splits{device:[n_dev,n_edge,n_cloud]} samples failures
     handover   round virtual_time_s device from_edge to_edge
     migration  round virtual_time_s device from_edge to_edge policy bytes duration_s ok
+    ring_pass  round virtual_time_s ring device from_edge to_edge bytes duration_s ok
     failure    round virtual_time_s kind entity detail
     replan     round virtual_time_s changed
     run_end    wall_time_s virtual_time_s final_accuracy rounds
@@ -147,6 +148,11 @@ class MetricsExporter:
             f"{p}migration_duration_seconds", "Time to move a session edge to edge.", ["policy"],
             buckets=MIGRATION_BUCKETS_S, registry=r,
         )
+        self.ring_passes = Counter(
+            f"{p}ring_passes", "A ring's session passed edge to edge to its next member (not a handover).",
+            ["ok"], registry=r,
+        )
+        self.ring_pass_bytes = Counter(f"{p}ring_pass_bytes", "Ring session bytes passed edge to edge.", registry=r)
         self.failures = Counter(f"{p}failures", "Failures by kind.", ["kind"], registry=r)
         self.replans = Counter(f"{p}replans", "Placement re-plans.", registry=r)
         self.replan_changes = Counter(
@@ -170,6 +176,7 @@ class MetricsExporter:
             "round_end": self._round_end,
             "handover": self._handover,
             "migration": self._migration,
+            "ring_pass": self._ring_pass,
             "failure": self._failure,
             "replan": self._replan,
             "run_end": self._run_end,
@@ -274,7 +281,9 @@ class MetricsExporter:
             self.migration_bytes.labels(policy=policy)
             for ok in ("true", "false"):
                 self.migrations.labels(policy=policy, ok=ok)
-        for kind in ("device", "edge", "poisoned_update", "migration"):
+        for ok in ("true", "false"):
+            self.ring_passes.labels(ok=ok)
+        for kind in ("device", "edge", "poisoned_update", "migration", "ring_pass"):
             self.failures.labels(kind=kind)
         self._times(e)
 
@@ -353,6 +362,13 @@ class MetricsExporter:
         self.migrations.labels(policy=policy, ok=ok).inc()
         self.migration_bytes.labels(policy=policy).inc(n_bytes)
         self.migration_duration.labels(policy=policy).observe(duration)
+        self._times(e)
+
+    def _ring_pass(self, e: Mapping) -> None:
+        ok = "true" if e["ok"] else "false"
+        n_bytes = int(e["bytes"])
+        self.ring_passes.labels(ok=ok).inc()
+        self.ring_pass_bytes.inc(n_bytes)
         self._times(e)
 
     def _failure(self, e: Mapping) -> None:

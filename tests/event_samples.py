@@ -29,7 +29,7 @@ def sample_events(
     """A run of ``rounds`` rounds with a handover and migration every third round.
 
     Round 3 also has a device failure, round 5 a failed migration (with its failure event) and a
-    poisoned update, round 4 a replan.
+    poisoned update, round 4 a replan; every even round a ring pass, the one in round 6 failed.
     """
     assert rounds >= 1 and devices >= 2 and len(edges) >= 2
     rng = random.Random(seed)
@@ -79,6 +79,18 @@ def sample_events(
                      "entity": mover, "detail": f"{dst} did not acknowledge the session"}
                 )
             edge_of[mover] = dst
+        if r % 2 == 0:  # ring rounds: the ring's session follows its members across edges
+            ok = r != 6
+            events.append(
+                {"event": "ring_pass", "round": r, "virtual_time_s": mid - 0.3, "ring": "ring:0",
+                 "device": device_ids[0], "from_edge": edges[0], "to_edge": edges[1],
+                 "bytes": 2_000_000 + 10_000 * r, "duration_s": 0.02, "ok": ok}
+            )
+            if not ok:
+                events.append(
+                    {"event": "failure", "round": r, "virtual_time_s": mid - 0.2, "kind": "ring_pass",
+                     "entity": edges[1], "detail": "ring:0: no acknowledgement"}
+                )
         if r == 3:
             events.append(
                 {"event": "failure", "round": r, "virtual_time_s": mid + 1.0, "kind": "device",

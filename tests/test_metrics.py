@@ -99,8 +99,13 @@ def test_scraped_values_match_the_event_stream(exporter):
     assert value(got, "tierflow_migration_duration_seconds_bucket", policy="migrate", le="0.001") == 0
     assert value(got, "tierflow_migration_duration_seconds_bucket", policy="migrate", le="0.25") == len(migrations)
 
+    passes = [e for e in events if e["event"] == "ring_pass"]
+    assert value(got, "tierflow_ring_passes_total", ok="true") == sum(x["ok"] for x in passes) > 0
+    assert value(got, "tierflow_ring_passes_total", ok="false") == sum(not x["ok"] for x in passes) > 0
+    assert value(got, "tierflow_ring_pass_bytes_total") == sum(x["bytes"] for x in passes)
+
     kinds = Counter(e["kind"] for e in events if e["event"] == "failure")
-    assert kinds.keys() == {"device", "migration", "poisoned_update"}
+    assert kinds.keys() == {"device", "migration", "poisoned_update", "ring_pass"}
     for kind, n in kinds.items():
         assert value(got, "tierflow_failures_total", kind=kind) == n
     replans = [e for e in events if e["event"] == "replan"]

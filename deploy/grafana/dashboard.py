@@ -152,6 +152,12 @@ TIERFLOW = Dashboard(
             Panel("Migration duration", "Time to move a session edge to edge.",
                   quantiles("tierflow_migration_duration_seconds", by="policy", qs=(0.5, 0.95, 0.99)),
                   unit="s", width=5),
+            Panel("Ring passes", "A ring's session passed edge to edge to its next member, per interval "
+                  "(rings only; not handovers).",
+                  (Target(f"sum by (ok) (increase(tierflow_ring_passes_total[{RI}]))", "passes ok={{ok}}"),),
+                  width=12),
+            Panel("Ring pass bytes", "Ring session bytes passed edge to edge, per wall second.",
+                  (Target(f"sum(rate(tierflow_ring_pass_bytes_total[{RI}]))", "bytes"),), unit="Bps", width=12),
         )),
         Row("Failures and re-plans", (
             Panel("Failures by kind", "Failures per interval: device, edge, poisoned_update, migration.",
