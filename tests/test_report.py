@@ -82,9 +82,10 @@ def test_malformed_events(tmp_path, line, message):
 
 def test_malformed_round_values(tmp_path):
     events = sample_events(rounds=2)
-    events[2]["splits"]["dev-0"] = [1, 2]
+    second = [i for i, e in enumerate(events) if e["event"] == "round_end"][1]
+    events[second]["splits"]["dev-0"] = [1, 2]
     write_event_log(tmp_path / "events.jsonl", events)
-    with pytest.raises(ReportError, match=r":3: malformed round_end: .*split of dev-0"):
+    with pytest.raises(ReportError, match=rf":{second + 1}: malformed round_end: .*split of dev-0"):
         render_report(tmp_path)
 
 
