@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.planning import layer_graph, plan_device
+from orchestrator.planning import layer_graph, plan_device, profile_for
 from orchestrator.runner import Orchestrator, RunOptions
 from orchestrator.scenario import load_scenario
+from placement.cost import batch_time_s
 from tiers.models import InputShape
 
 HERE = Path(__file__).parent
@@ -41,12 +42,13 @@ def test_measured_costs_are_timed_seconds_times_the_host_speed(tmp_path):
         assert graph.nodes[n]["bwd_flops"] == pytest.approx(bwd_s * 1e10, rel=1e-12)
     assert graph.graph["node_seconds"] == seconds and graph.graph["host_flops_per_s"] == 1e10
     # Priced this way, a device-only batch is predicted to take exactly what the clock would charge
-    # for those measured seconds on a 1 GFLOP/s device: seconds x host / device.
+    # for those measured seconds on a 1 GFLOP/s device: seconds x host / device (sync left out here).
     device = sc.devices[0]
-    plan = plan_device(sc, graph, device, device.edge)
-    if plan.key.n_tiers == 1:
-        expected = sum(f + b for f, b in seconds.values()) * sc.training.batch_size * 1e10 / device.flops_per_s
-        assert plan.batch_time_s == pytest.approx(expected, rel=1e-9)
+    profile = replace(profile_for(sc, device, device.edge), syncs_per_round=0)
+    local = {n: 0 for n in graph.nodes}
+    expected = sum(f + b for f, b in seconds.values()) * sc.training.batch_size * 1e10 / device.flops_per_s
+    assert batch_time_s(graph, local, profile) == pytest.approx(expected, rel=1e-12)
+    plan_device(sc, graph, device, device.edge)  # and the planner accepts the priced graph
 
 
 def test_flop_costs_keep_the_counted_flops(tmp_path):
