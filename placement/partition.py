@@ -119,11 +119,9 @@ def min_cut(
     n_terms = n * k_tiers + sum(len(cg.succ[u]) > 0 for u in range(n)) * (k_tiers - 1)
 
     def cost(x: tuple[int, ...]) -> float:
-        c = sum(unit[v][x[v]] for v in range(n))
-        for u in range(n):
-            top = max((x[w] for w in cg.succ[u]), default=-1)
-            c += sum(transfer[u][k - 1] for k in range(x[u] + 1, top + 1))
-        return c
+        """The cut's objective at x: the batch time (summed by placement.cost) plus λ · edge work."""
+        f = features(cg, x)
+        return time_from_features(f, speeds) + (extra_edge_weight * f[1] if k_tiers > 1 else 0.0)
 
     # Start from the cheapest uniform plan (every node at tier k, clamped to its pins) when one is
     # valid: an upper bound on the optimum that is usually close enough to need no second cut.
@@ -144,8 +142,9 @@ def min_cut(
         scale = _REFINE_TARGET / best_cost
         x = _cut_at_scale(cg, unit, transfer, lo, hi, scale, flow_func)
         bound = min(bound, n_terms / scale)  # each cut is within its own bound of the optimum
-        if cost(x) < best_cost:
-            best, best_cost = x, cost(x)
+        x_cost = cost(x)
+        if x_cost < best_cost:
+            best, best_cost = x, x_cost
     return CutResult(x=best, rounding_bound_s=bound)
 
 
