@@ -17,11 +17,23 @@ counted.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
+
+
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run the block on one torch thread, as each tier actor computes: timings here scale to theirs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @lru_cache(maxsize=1)
@@ -29,9 +41,7 @@ def host_flops_per_s() -> float:
     """This host's dense float32 speed, single-threaded like the tier actors."""
     n = 256
     a, b = torch.randn(n, n), torch.randn(n, n)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_threaded():
         for _ in range(3):
             a @ b
         reps, t0 = 0, time.perf_counter()
@@ -39,8 +49,6 @@ def host_flops_per_s() -> float:
             a @ b
             reps += 1
         elapsed = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
     return 2 * n**3 * reps / elapsed
 
 

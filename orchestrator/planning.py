@@ -46,8 +46,8 @@ def layer_graph(scenario: Scenario, shape: InputShape, host_flops_per_s: float |
     kept compute on devices it slowed. ``node_seconds`` reuses a profile (a resumed run, or every
     variant of a comparison); the profile used is kept in ``graph.graph["node_seconds"]``.
     """
-    import torch
-
+    from orchestrator.clock import host_flops_per_s as calibrate
+    from orchestrator.clock import single_threaded
     from placement.graph import attach_profile, profile_seconds
 
     model = build_model(scenario.model.name, shape, seed=scenario.training.seed)
@@ -56,15 +56,9 @@ def layer_graph(scenario: Scenario, shape: InputShape, host_flops_per_s: float |
     if scenario.policy.plan_costs != "measured":
         return graph
     if node_seconds is None:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with single_threaded():
             node_seconds = profile_seconds(model, sample, batch_size=scenario.training.batch_size, repeats=9)
-        finally:
-            torch.set_num_threads(threads)
     if host_flops_per_s is None:
-        from orchestrator.clock import host_flops_per_s as calibrate
-
         host_flops_per_s = calibrate()
     missing = set(graph.nodes) - set(node_seconds)
     if missing:
