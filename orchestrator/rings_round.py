@@ -79,7 +79,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import ray
 
-from orchestrator.mobility import edge_to_edge_bps
+from orchestrator.mobility import edge_to_edge_bps, session_move_s
 from orchestrator.rounds import RoundResult
 from placement.cost import round_time_s
 from placement.rings import form_rings
@@ -484,7 +484,7 @@ class RingRounds:
                     continue
                 closes.append(orch.edges[src].close_session.remote(x.rid))
                 x.at = dst
-                x.clock_s += out["duration_s"] + 8 * out["bytes"] / edge_to_edge_bps(orch.scenario, src, dst)
+                x.clock_s += session_move_s(orch.scenario, src, dst, out)
                 orch.counters["ring_passes"] = orch.counters.get("ring_passes", 0) + 1
                 orch.counters["ring_pass_bytes"] = orch.counters.get("ring_pass_bytes", 0) + out["bytes"]
                 orch.counters["ring_pass_time_s"] = orch.counters.get("ring_pass_time_s", 0.0) + out["duration_s"]
@@ -571,7 +571,7 @@ class RingRounds:
                 return
             ray.get(orch.edges[src].close_session.remote(x.rid))
             x.at = dst
-            x.clock_s += out["duration_s"] + 8 * out["bytes"] / edge_to_edge_bps(orch.scenario, src, dst)
+            x.clock_s += session_move_s(orch.scenario, src, dst, out)
             orch.counters["migrations"] += 1
             orch.counters["migration_bytes"] += out["bytes"]
             orch.counters["migration_time_s"] += out["duration_s"]

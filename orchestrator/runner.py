@@ -26,7 +26,7 @@ from orchestrator.clock import LinkRates, device_round_time, host_flops_per_s, r
 from orchestrator.errors import TierflowError
 from orchestrator.events import EventLog
 from orchestrator.handover_policies import HANDOVER_POLICIES, MoveResult
-from orchestrator.mobility import build_detector, build_mobility, edge_to_edge_bps
+from orchestrator.mobility import build_detector, build_mobility, session_move_s
 from orchestrator.resources import ResourceModel
 from orchestrator.rounds import round_policy_for
 from orchestrator.scenario import CLOUD_EDGE, Scenario
@@ -346,8 +346,7 @@ class Orchestrator:
             return MoveResult(False, 0, out["duration_s"], 0.0, error=out["error"])
         self.session_at[device_id] = dst
         ray.get(self.edges[src].close_session.remote(device_id))
-        virtual = out["duration_s"] + 8 * out["bytes"] / edge_to_edge_bps(self.scenario, src, dst)
-        return MoveResult(True, out["bytes"], out["duration_s"], virtual)
+        return MoveResult(True, out["bytes"], out["duration_s"], session_move_s(self.scenario, src, dst, out))
 
     def restart_session(self, device_id: str, src: str, dst: str) -> MoveResult:
         """The baseline: drop the session, start the device's period over at ``dst``."""
