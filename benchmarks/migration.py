@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,11 +24,10 @@ import numpy as np
 import torch
 import zmq
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tierflow.migration.channel import MigrationReceiver, send_state
+from tierflow.tiers.models import InputShape, build_model
 
-from migration.channel import MigrationReceiver, send_state  # noqa: E402
-from tiers.models import InputShape, build_model  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SIZE = 256 * 2**20
 FRAME = 2 * 2**20

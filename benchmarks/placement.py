@@ -10,22 +10,15 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
-from pathlib import Path
 
-# This file is named like the package it measures: make ``import placement`` find the package.
-_ROOT = Path(__file__).resolve().parent.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(_ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from placement.candidates import ParameterBox, build_candidate_set  # noqa: E402
-from placement.cost import Profile, TierSpeeds, cost_graph, time_of  # noqa: E402
-from placement.graph import build_layer_graph  # noqa: E402
-from placement.partition import min_cut  # noqa: E402
-from tiers.models import InputShape, build_model  # noqa: E402
+from tierflow.placement.candidates import ParameterBox, build_candidate_set
+from tierflow.placement.cost import Profile, TierSpeeds, cost_graph, time_of
+from tierflow.placement.graph import build_layer_graph
+from tierflow.placement.partition import min_cut
+from tierflow.tiers.models import InputShape, build_model
 
 BOX = ParameterBox(
     device_flops_per_s=(1e8, 1e11),

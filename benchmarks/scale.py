@@ -9,7 +9,6 @@ the baseline's, and their ratio (what orchestrating 1,000 devices costs over the
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,14 +16,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tierflow.orchestrator.runner import RunOptions, run_scenario
+from tierflow.orchestrator.scenario import load_scenario
+from tierflow.orchestrator.world import build_world
+from tierflow.tiers.models import build_model
+from tierflow.tiers.optim import make_optimizer
 
-from orchestrator.runner import RunOptions, run_scenario  # noqa: E402
-from orchestrator.scenario import load_scenario  # noqa: E402
-from orchestrator.world import build_world  # noqa: E402
-from tiers.models import build_model  # noqa: E402
-from tiers.optim import make_optimizer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def monolithic_steps(scenario, steps: int) -> float:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,16 +16,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tierflow.orchestrator.runner import RunOptions, run_scenario
+from tierflow.orchestrator.scenario import load_scenario
+from tierflow.orchestrator.world import build_world, model_state
+from tierflow.tiers.aggregate import weighted_average
+from tierflow.tiers.hosts import BatchSampler
+from tierflow.tiers.models import build_model
+from tierflow.tiers.optim import make_optimizer
 
-from orchestrator.runner import RunOptions, run_scenario  # noqa: E402
-from orchestrator.scenario import load_scenario  # noqa: E402
-from orchestrator.world import build_world, model_state  # noqa: E402
-from tiers.aggregate import weighted_average  # noqa: E402
-from tiers.hosts import BatchSampler  # noqa: E402
-from tiers.models import build_model  # noqa: E402
-from tiers.optim import make_optimizer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def monolithic(scenario) -> float:

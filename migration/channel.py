@@ -40,8 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
-from migration.errors import MigrationError, WireError
-from migration.wire import WireDecoder, encode_state
+from tierflow.migration.errors import MigrationError, WireError
+from tierflow.migration.wire import WireDecoder, encode_state
 
 try:
     from cryptography.hazmat.primitives.poly1305 import Poly1305

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from migration.errors import MobilityInputError
+from tierflow.migration.errors import MobilityInputError
 
 
 @dataclass(frozen=True)

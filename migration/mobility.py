@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from migration.errors import MobilityInputError
+from tierflow.migration.errors import MobilityInputError
 
 Point = tuple[float, float]
 

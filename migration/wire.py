@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from migration.errors import WireError
+from tierflow.migration.errors import WireError
 
 VERSION = 1
 MAX_HEADER_BYTES = 1 << 20

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from tiers.aggregate import WeightedSum, weighted_average
+from tierflow.tiers.aggregate import WeightedSum, weighted_average
 
 
 class AggregationPolicy(Protocol):

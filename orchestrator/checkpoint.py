@@ -20,7 +20,7 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
-from orchestrator.errors import TierflowError
+from tierflow.orchestrator.errors import TierflowError
 
 CHECKPOINT = "checkpoint"
 Export = tuple[dict, dict[str, np.ndarray]]  # a session's JSON header and its arrays

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from orchestrator.errors import TierflowError
-from tiers.models import BUILTIN_MODELS, InputShape, build_model
-from tiers.split import SplitError, assignment_from_cuts, trace
+from tierflow.orchestrator.errors import TierflowError
+from tierflow.tiers.models import BUILTIN_MODELS, InputShape, build_model
+from tierflow.tiers.split import SplitError, assignment_from_cuts, trace
 
 _DATASET_SHAPES = {"digits": InputShape(1, 8, 8, 10), "cifar10": InputShape(3, 32, 32, 10)}
 

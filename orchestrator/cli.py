@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from orchestrator.errors import TierflowError
+from tierflow.orchestrator.errors import TierflowError
 
 
 def _default_out(scenario_path: str) -> Path:
@@ -15,10 +15,10 @@ def _default_out(scenario_path: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from orchestrator.scenario import load_scenario
+    from tierflow.orchestrator.scenario import load_scenario
 
     if args.resume:
-        from orchestrator.checkpoint import load_checkpoint
+        from tierflow.orchestrator.checkpoint import load_checkpoint
 
         out = Path(args.resume)
         if args.out and Path(args.out) != out:
@@ -30,7 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         raise TierflowError("run: expected a scenario file, or --resume RUN_DIR")
     scenario = load_scenario(scenario_path)  # validated before Ray starts
-    from orchestrator.runner import RunOptions, run_scenario
+    from tierflow.orchestrator.runner import RunOptions, run_scenario
 
     summary = run_scenario(scenario, RunOptions(out_dir=out, address=args.address, metrics_addr=args.metrics_addr,
                                                 resume=bool(args.resume)))
@@ -41,8 +41,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     if args.target.endswith(".json"):
-        from placement.errors import InvalidInstanceError
-        from placement.instance import load_instance, solve_instance
+        from tierflow.placement.errors import InvalidInstanceError
+        from tierflow.placement.instance import load_instance, solve_instance
 
         try:
             result = solve_instance(load_instance(args.target))
@@ -50,10 +50,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             raise TierflowError(str(exc)) from exc
         print(json.dumps(result) if args.json else _format_instance(result))
         return 0
-    from orchestrator.planning import layer_graph, plan_all
-    from orchestrator.scenario import load_scenario
-    from orchestrator.world import load_dataset
-    from placement.rings import form_rings
+    from tierflow.orchestrator.planning import layer_graph, plan_all
+    from tierflow.orchestrator.scenario import load_scenario
+    from tierflow.orchestrator.world import load_dataset
+    from tierflow.placement.rings import form_rings
 
     scenario = load_scenario(args.target)
     shape = load_dataset(scenario).shape
@@ -85,8 +85,8 @@ def _format_instance(result: dict) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from orchestrator.compare import compare, parse_policies
-    from orchestrator.scenario import load_scenario
+    from tierflow.orchestrator.compare import compare, parse_policies
+    from tierflow.orchestrator.scenario import load_scenario
 
     names = parse_policies(args.policies)  # before Ray starts, like the scenario
     scenario = load_scenario(args.scenario)
@@ -100,7 +100,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from orchestrator.report import render_report
+    from tierflow.orchestrator.report import render_report
 
     for path in render_report(Path(args.run_dir)):
         print(path)

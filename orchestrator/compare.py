@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from orchestrator.errors import TierflowError
-from orchestrator.events import read_events
-from orchestrator.scenario import MobilitySpec, Scenario
+from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.events import read_events
+from tierflow.orchestrator.scenario import MobilitySpec, Scenario
 
 
 @dataclass(frozen=True)
@@ -258,8 +258,8 @@ def _layer_profile(scenario: Scenario, out: Path) -> dict | None:
     """
     if scenario.policy.plan_costs != "measured":
         return None
-    from orchestrator.planning import layer_graph
-    from orchestrator.world import load_dataset
+    from tierflow.orchestrator.planning import layer_graph
+    from tierflow.orchestrator.world import load_dataset
 
     graph = layer_graph(scenario, load_dataset(scenario).shape)
     profile = {"host_flops_per_s": graph.graph["host_flops_per_s"], "node_seconds": graph.graph["node_seconds"]}
@@ -270,7 +270,7 @@ def _layer_profile(scenario: Scenario, out: Path) -> dict | None:
 def compare(scenario: Scenario, names: Sequence[str], out: Path, address: str | None = None,
             rounds: int | None = None, progress: bool = True) -> list[Row]:
     """Run ``scenario`` under each named variant into ``out/<variant>/``; write compare.md/.json/.png."""
-    from orchestrator.runner import RunOptions, run_scenario
+    from tierflow.orchestrator.runner import RunOptions, run_scenario
 
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:

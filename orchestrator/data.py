@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.errors import TierflowError
-from tiers.models import InputShape, load_callable
+from tierflow.orchestrator.errors import TierflowError
+from tierflow.tiers.models import InputShape, load_callable
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from migration.errors import MobilityInputError
-from migration.handover import EdgeSite, HandoverDetector
-from migration.mobility import RandomWaypoint, StaticMobility, TraceMobility
-from orchestrator.errors import TierflowError
-from orchestrator.scenario import Scenario
+from tierflow.migration.errors import MobilityInputError
+from tierflow.migration.handover import EdgeSite, HandoverDetector
+from tierflow.migration.mobility import RandomWaypoint, StaticMobility, TraceMobility
+from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.scenario import Scenario
 
 
 class _TraceOverStatic:

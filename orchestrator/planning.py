@@ -11,12 +11,12 @@ from dataclasses import astuple, dataclass
 
 import networkx as nx
 
-from orchestrator.scenario import DeviceSpec, Scenario
-from placement.cost import Profile, TierSpeeds, device_param_bytes, round_time_s
-from placement.graph import build_layer_graph
-from placement.partition import partition
-from tiers.models import InputShape, build_model
-from tiers.session import SplitKey
+from tierflow.orchestrator.scenario import DeviceSpec, Scenario
+from tierflow.placement.cost import Profile, TierSpeeds, device_param_bytes, round_time_s
+from tierflow.placement.graph import build_layer_graph
+from tierflow.placement.partition import partition
+from tierflow.tiers.models import InputShape, build_model
+from tierflow.tiers.session import SplitKey
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,9 @@ def layer_graph(scenario: Scenario, shape: InputShape, host_flops_per_s: float |
     kept compute on devices it slowed. ``node_seconds`` reuses a profile (a resumed run, or every
     variant of a comparison); the profile used is kept in ``graph.graph["node_seconds"]``.
     """
-    from orchestrator.clock import host_flops_per_s as calibrate
-    from orchestrator.clock import single_threaded
-    from placement.graph import attach_profile, profile_seconds
+    from tierflow.orchestrator.clock import host_flops_per_s as calibrate
+    from tierflow.orchestrator.clock import single_threaded
+    from tierflow.placement.graph import attach_profile, profile_seconds
 
     model = build_model(scenario.model.name, shape, seed=scenario.training.seed)
     sample = (shape.channels, shape.height, shape.width)

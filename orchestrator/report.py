@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from orchestrator.errors import TierflowError
+from tierflow.orchestrator.errors import TierflowError
 
 EVENT_LOG = "events.jsonl"
 ROUND_KEYS = ("round", "wall_time_s", "virtual_time_s", "accuracy", "bytes", "devices_per_edge", "splits")

@@ -51,7 +51,7 @@ from typing import Protocol
 
 import numpy as np
 
-from orchestrator.errors import TierflowError
+from tierflow.orchestrator.errors import TierflowError
 
 TRACE_HEADER = ["time_s", "entity", "flops_per_s", "bandwidth_bps"]
 
@@ -290,7 +290,7 @@ class ResourceModel:
     dictionary lookup of the base value; nothing is drawn or stored per step."""
 
     def __init__(self, scenario):
-        from orchestrator.scenario import CLOUD_EDGE
+        from tierflow.orchestrator.scenario import CLOUD_EDGE
 
         spec: ResourcesSpec = scenario.resources
         cloud_edge = scenario.edge(CLOUD_EDGE)

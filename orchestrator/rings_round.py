@@ -79,16 +79,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import ray
 
-from orchestrator.mobility import edge_to_edge_bps, session_move_s
-from orchestrator.rounds import RoundResult
-from placement.cost import round_time_s
-from placement.rings import form_rings
-from tiers.aggregate import weighted_average
-from tiers.hosts import TrainReport
-from tiers.session import SplitKey
+from tierflow.orchestrator.mobility import edge_to_edge_bps, session_move_s
+from tierflow.orchestrator.rounds import RoundResult
+from tierflow.placement.cost import round_time_s
+from tierflow.placement.rings import form_rings
+from tierflow.tiers.aggregate import weighted_average
+from tierflow.tiers.hosts import TrainReport
+from tierflow.tiers.session import SplitKey
 
 if TYPE_CHECKING:
-    from orchestrator.runner import Orchestrator
+    from tierflow.orchestrator.runner import Orchestrator
 
 
 # ----- the plan: pure data -----
@@ -277,7 +277,7 @@ class RingRounds:
         return orch.world.splits[device]
 
     def _profile(self, orch: Orchestrator, device: str, steps: int):
-        from orchestrator.planning import profile_for, shares_for
+        from tierflow.orchestrator.planning import profile_for, shares_for
 
         edge = orch.session_at[device]
         seen = orch.observed.get(device)
@@ -305,7 +305,7 @@ class RingRounds:
     def ring_split(self, orch: Orchestrator, members: tuple[str, ...]) -> SplitKey:
         if orch.scenario.policy.placement != "adaptive":
             return self.own_split(orch, members[0])
-        from orchestrator.planning import plan_device, shares_for
+        from tierflow.orchestrator.planning import plan_device, shares_for
 
         slowest = max(members, key=lambda d: (self.hop_s(orch, d, self.own_split(orch, d)), d))
         edge = orch.session_at[slowest]

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from tiers.hosts import TrainReport
+from tierflow.tiers.hosts import TrainReport
 
 if TYPE_CHECKING:
-    from orchestrator.runner import Orchestrator
+    from tierflow.orchestrator.runner import Orchestrator
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class SyncRounds:
 
 
 def _ring_rounds() -> RoundPolicy:
-    from orchestrator.rings_round import RingRounds  # it imports this module: bind late
+    from tierflow.orchestrator.rings_round import RingRounds  # it imports this module: bind late
 
     return RingRounds()
 

@@ -20,22 +20,22 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from orchestrator.aggregation import AGGREGATIONS, restrict
-from orchestrator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, scenario_fingerprint
-from orchestrator.clock import LinkRates, device_round_time, host_flops_per_s, round_time
-from orchestrator.errors import TierflowError
-from orchestrator.events import EventLog
-from orchestrator.handover_policies import HANDOVER_POLICIES, MoveResult
-from orchestrator.mobility import build_detector, build_mobility, session_move_s
-from orchestrator.resources import ResourceModel
-from orchestrator.rounds import round_policy_for
-from orchestrator.scenario import CLOUD_EDGE, Scenario
-from orchestrator.world import World, build_world
-from tiers.actors import CloudActor, DeviceHostActor, EdgeActor, actor_options
-from tiers.aggregate import WeightedSum
-from tiers.hosts import NOT_HOSTED, DeviceSetup, TrainReport
-from tiers.models import build_model
-from tiers.session import SplitKey, StageFactory
+from tierflow.orchestrator.aggregation import AGGREGATIONS, restrict
+from tierflow.orchestrator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, scenario_fingerprint
+from tierflow.orchestrator.clock import LinkRates, device_round_time, host_flops_per_s, round_time
+from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.events import EventLog
+from tierflow.orchestrator.handover_policies import HANDOVER_POLICIES, MoveResult
+from tierflow.orchestrator.mobility import build_detector, build_mobility, session_move_s
+from tierflow.orchestrator.resources import ResourceModel
+from tierflow.orchestrator.rounds import round_policy_for
+from tierflow.orchestrator.scenario import CLOUD_EDGE, Scenario
+from tierflow.orchestrator.world import World, build_world
+from tierflow.tiers.actors import CloudActor, DeviceHostActor, EdgeActor, actor_options
+from tierflow.tiers.aggregate import WeightedSum
+from tierflow.tiers.hosts import NOT_HOSTED, DeviceSetup, TrainReport
+from tierflow.tiers.models import build_model
+from tierflow.tiers.session import SplitKey, StageFactory
 
 LINKS = ("device-edge", "edge-cloud")
 DEVICE_HOST_RESTARTS = 3  # Ray restarts a dead device host this many times; its devices then rejoin
@@ -102,12 +102,12 @@ class Orchestrator:
         self.observed: dict[str, tuple] = {}  # device -> (edge, planning.Observed), smoothed per round
         self.host_speed = host_flops_per_s()
         if scenario.policy.placement == "adaptive" or scenario.policy.rings != "off":
-            from orchestrator.planning import layer_graph
+            from tierflow.orchestrator.planning import layer_graph
 
             # Rings predict round times with it too.
             self.graph = layer_graph(scenario, self.shape, self.host_speed, options.node_seconds)
         if scenario.policy.placement == "adaptive":
-            from orchestrator.planning import plan_all
+            from tierflow.orchestrator.planning import plan_all
 
             self.plans = plan_all(scenario, self.graph, self.session_at)
             self.splits = {d: p.key for d, p in self.plans.items()}
@@ -363,7 +363,7 @@ class Orchestrator:
         In emulated time a device's speed is its profile by construction, so there is nothing to
         measure; there re-planning follows handovers (and the resource traces of the scenario).
         """
-        from orchestrator.planning import device_flops_per_step
+        from tierflow.orchestrator.planning import device_flops_per_step
 
         if self.scenario.execution.time != "real":
             return
@@ -382,7 +382,7 @@ class Orchestrator:
         random processes); in real time the device's FLOP/s is what it measured (measure_speeds).
         A device that changed edge starts its edge-side figures afresh.
         """
-        from orchestrator.planning import Observed
+        from tierflow.orchestrator.planning import Observed
 
         t, res = self.virtual_time_s, self.resources
         for d in self.devices:
@@ -401,7 +401,7 @@ class Orchestrator:
         A device whose split changes starts its new stages from the global model it just received;
         its optimizer state for the moved layers starts afresh (the layers now live elsewhere).
         """
-        from orchestrator.planning import any_drifted, plan_device, shares_for, switch_pays
+        from tierflow.orchestrator.planning import any_drifted, plan_device, shares_for, switch_pays
 
         self.observe()
         shares = shares_for(self.session_at)
@@ -466,7 +466,7 @@ class Orchestrator:
 
     def restore(self, ckpt: Checkpoint) -> None:
         """Put the orchestrator and every actor back in the state the checkpoint recorded."""
-        from orchestrator.planning import DevicePlan, Observed
+        from tierflow.orchestrator.planning import DevicePlan, Observed
 
         st = ckpt.state
         self.round = ckpt.round
@@ -485,7 +485,7 @@ class Orchestrator:
                           for d, p in st["plans"].items()}
         self.observed = {d: (edge, Observed(*o)) for d, (edge, o) in st["observed"].items()}
         if st.get("node_seconds"):  # re-plan with the layer profile the interrupted run planned with
-            from orchestrator.planning import layer_graph
+            from tierflow.orchestrator.planning import layer_graph
 
             self.graph = layer_graph(self.scenario, self.shape, float(st["plan_host_flops_per_s"]),
                                      {n: (float(f), float(b)) for n, (f, b) in st["node_seconds"].items()})
@@ -650,7 +650,7 @@ class Orchestrator:
         exporter = None
         sinks = list(self.options.event_sinks)
         if self.options.metrics_addr:
-            from orchestrator.metrics import MetricsExporter
+            from tierflow.orchestrator.metrics import MetricsExporter
 
             exporter = MetricsExporter(self.options.metrics_addr).start()
             sinks.append(exporter.observe)

@@ -15,16 +15,16 @@ from typing import Any
 import numpy as np
 import yaml
 
-from orchestrator.errors import TierflowError
-from orchestrator.resources import (
+from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.resources import (
     AvailabilitySpec,
     AvailabilityState,
     BandwidthWalkSpec,
     ResourcesSpec,
     read_trace,
 )
-from orchestrator.validate import Fields, finite
-from tiers.optim import OPTIMIZERS, OptimizerSpec
+from tierflow.orchestrator.validate import Fields, finite
+from tierflow.tiers.optim import OPTIMIZERS, OptimizerSpec
 
 CLOUD_EDGE = "@cloud"  # not a valid edge name in a scenario file (see _edge_name)
 MAX_DEVICES = 100_000  # in all, after ``count:``; a typo of a few zeros should fail, not exhaust memory
@@ -176,7 +176,7 @@ def load_scenario(path: str | Path) -> Scenario:
     if data is None:
         raise TierflowError(f"{source}: the scenario file is empty (expected a mapping with cloud, edges, devices...)")
     scenario = parse_scenario(data, source, base_dir=path.parent)
-    from orchestrator.checks import check_model_and_splits  # traces the model: no Ray needed
+    from tierflow.orchestrator.checks import check_model_and_splits  # traces the model: no Ray needed
 
     check_model_and_splits(scenario)
     return scenario

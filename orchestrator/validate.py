@@ -7,7 +7,7 @@ import reprlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from orchestrator.errors import TierflowError
+from tierflow.orchestrator.errors import TierflowError
 
 _MISSING = object()
 

@@ -6,11 +6,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orchestrator.data import Dataset, load_cifar10, load_digits, load_user_dataset, partition_dirichlet, partition_iid
-from orchestrator.scenario import Scenario
-from tiers.models import build_model
-from tiers.session import SplitKey
-from tiers.split import assignment_from_cuts, trace
+from tierflow.orchestrator.data import (
+    Dataset,
+    load_cifar10,
+    load_digits,
+    load_user_dataset,
+    partition_dirichlet,
+    partition_iid,
+)
+from tierflow.orchestrator.scenario import Scenario
+from tierflow.tiers.models import build_model
+from tierflow.tiers.session import SplitKey
+from tierflow.tiers.split import assignment_from_cuts, trace
 
 
 def load_dataset(scenario: Scenario) -> Dataset:

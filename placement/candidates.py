@@ -59,8 +59,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from placement.cost import CostGraph, TierSpeeds, features, memory_of
-from placement.partition import Plan, min_cut, plan_from_vector, solve_vector
+from tierflow.placement.cost import CostGraph, TierSpeeds, features, memory_of
+from tierflow.placement.partition import Plan, min_cut, plan_from_vector, solve_vector
 
 _PROOF_TOL = 1e-10  # a proved candidate is within this of the optimum on its whole region
 _ADD_TOL = 5e-11  # a min cut adds its partition when it beats the region's candidate by this

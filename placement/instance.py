@@ -19,9 +19,9 @@ from typing import Any
 
 import networkx as nx
 
-from placement.cost import CostGraph, TierSpeeds, features, time_from_features
-from placement.errors import InfeasiblePlacementError, InvalidInstanceError
-from placement.partition import brute_force_vector, solve_vector
+from tierflow.placement.cost import CostGraph, TierSpeeds, features, time_from_features
+from tierflow.placement.errors import InfeasiblePlacementError, InvalidInstanceError
+from tierflow.placement.partition import brute_force_vector, solve_vector
 
 
 @dataclass(frozen=True)

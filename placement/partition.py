@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import networkx as nx
 from networkx.algorithms.flow import boykov_kolmogorov
 
-from placement.cost import (
+from tierflow.placement.cost import (
     CostGraph,
     Profile,
     TierSpeeds,
@@ -48,7 +48,7 @@ from placement.cost import (
     memory_of,
     time_from_features,
 )
-from placement.errors import InfeasiblePlacementError
+from tierflow.placement.errors import InfeasiblePlacementError
 
 _SCALE_TARGET = float(2**44)
 _REFINE_TARGET = float(2**56)

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from placement.cost import CostGraph, Profile, cost_graph, features, time_from_features
-from placement.errors import InfeasiblePlacementError
-from placement.partition import _monotone_assignments, min_cut
+from tierflow.placement.cost import CostGraph, Profile, cost_graph, features, time_from_features
+from tierflow.placement.errors import InfeasiblePlacementError
+from tierflow.placement.partition import _monotone_assignments, min_cut
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from orchestrator.runner import RunOptions, run_scenario
-from orchestrator.scenario import load_scenario
+from tierflow.orchestrator.runner import RunOptions, run_scenario
+from tierflow.orchestrator.scenario import load_scenario
 
 
 def main(scenario_path: str) -> None:

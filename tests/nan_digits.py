@@ -1,6 +1,6 @@
 """A user dataset for tests: scikit-learn's digits with one poisoned (NaN) training image."""
 
-from orchestrator.data import load_digits
+from tierflow.orchestrator.data import load_digits
 
 
 def digits_with_one_nan():

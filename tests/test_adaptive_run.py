@@ -7,10 +7,10 @@ import json
 import pytest
 from test_migration_run import TRACE
 
-from orchestrator.planning import layer_graph, plan_all
-from orchestrator.runner import RunOptions, run_scenario
-from orchestrator.scenario import parse_scenario
-from orchestrator.world import load_dataset
+from tierflow.orchestrator.planning import layer_graph, plan_all
+from tierflow.orchestrator.runner import RunOptions, run_scenario
+from tierflow.orchestrator.scenario import parse_scenario
+from tierflow.orchestrator.world import load_dataset
 
 pytestmark = pytest.mark.ray
 

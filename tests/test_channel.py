@@ -10,8 +10,8 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from migration.channel import MigrationReceiver, send_state
-from migration.errors import MigrationError
+from tierflow.migration.channel import MigrationReceiver, send_state
+from tierflow.migration.errors import MigrationError
 
 KEY = b"k" * 32
 

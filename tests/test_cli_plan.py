@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from orchestrator.cli import main
-from placement.instance import load_instance, solve_instance
+from tierflow.orchestrator.cli import main
+from tierflow.placement.instance import load_instance, solve_instance
 
 ROOT = Path(__file__).resolve().parents[1]
 

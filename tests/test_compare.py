@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.compare import (
+from tierflow.orchestrator.cli import main
+from tierflow.orchestrator.compare import (
     VARIANTS,
     Row,
     compare,
@@ -21,9 +21,9 @@ from orchestrator.compare import (
     summary_ratios,
     to_json,
 )
-from orchestrator.errors import TierflowError
-from orchestrator.scenario import load_scenario, parse_scenario
-from orchestrator.world import build_world
+from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.scenario import load_scenario, parse_scenario
+from tierflow.orchestrator.world import build_world
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,12 +150,12 @@ def test_policies_parse_in_order_and_unknown_names_fail_before_ray(capsys, monke
     with pytest.raises(TierflowError):
         parse_policies(" , ")
 
-    import orchestrator.runner
+    from tierflow.orchestrator import runner
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray must not start for a bad --policies")
 
-    monkeypatch.setattr(orchestrator.runner, "init_ray", no_ray)
+    monkeypatch.setattr(runner, "init_ray", no_ray)
     assert main(["compare", str(ROOT / "examples" / "quickstart.yaml"), "--policies", "fixed,teleport"]) == 2
     err = capsys.readouterr().err
     assert "teleport" in err and "adaptive+rings+restart" in err

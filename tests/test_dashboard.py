@@ -16,7 +16,7 @@ import pytest
 import yaml
 from event_samples import sample_events
 
-from orchestrator.metrics import MetricsExporter
+from tierflow.orchestrator.metrics import MetricsExporter
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from orchestrator.data import load_cifar10, load_digits, load_user_dataset, partition_dirichlet, partition_iid
-from orchestrator.errors import TierflowError
+from tierflow.orchestrator.data import load_cifar10, load_digits, load_user_dataset, partition_dirichlet, partition_iid
+from tierflow.orchestrator.errors import TierflowError
 
 
 def test_digits_ships_with_scikit_learn():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zmq
 
-from tiers.dataplane import DataPlaneClient, DataPlaneError, DataPlaneServer, decode, encode
+from tierflow.tiers.dataplane import DataPlaneClient, DataPlaneError, DataPlaneServer, decode, encode
 
 
 def test_encode_decode_round_trip():

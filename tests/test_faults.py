@@ -11,9 +11,9 @@ import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.metrics import MetricsExporter
-from orchestrator.runner import Orchestrator, RunOptions
-from orchestrator.scenario import load_scenario
+from tierflow.orchestrator.metrics import MetricsExporter
+from tierflow.orchestrator.runner import Orchestrator, RunOptions
+from tierflow.orchestrator.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray

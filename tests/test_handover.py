@@ -7,9 +7,9 @@ import math
 import pytest
 from test_mobility import waypoint_oracle
 
-from migration.errors import MobilityInputError
-from migration.handover import EdgeSite, Handover, HandoverDetector, handovers_between
-from migration.mobility import RandomWaypoint, TraceMobility
+from tierflow.migration.errors import MobilityInputError
+from tierflow.migration.handover import EdgeSite, Handover, HandoverDetector, handovers_between
+from tierflow.migration.mobility import RandomWaypoint, TraceMobility
 
 A = EdgeSite("a", 0, 0, 600)
 B = EdgeSite("b", 1000, 0, 600)

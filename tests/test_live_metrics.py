@@ -25,8 +25,8 @@ from test_prometheus_integration import (  # noqa: F401  (exporter, prometheus: 
     query,
 )
 
-from orchestrator.runner import RunOptions, run_scenario
-from orchestrator.scenario import parse_scenario
+from tierflow.orchestrator.runner import RunOptions, run_scenario
+from tierflow.orchestrator.scenario import parse_scenario
 
 NOT_EXERCISED = ("ring", "re-plan")
 

@@ -12,8 +12,8 @@ import pytest
 from event_samples import sample_events
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.errors import TierflowError
-from orchestrator.metrics import MAX_SPLIT_SERIES, MetricsExporter, split_label
+from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.metrics import MAX_SPLIT_SERIES, MetricsExporter, split_label
 
 
 def scrape(exporter: MetricsExporter) -> dict[tuple[str, frozenset], float]:

@@ -10,10 +10,10 @@ import ray
 import torch
 import zmq
 
-from migration.channel import send_state
-from migration.errors import MigrationError
-from orchestrator.runner import Orchestrator, RunOptions
-from orchestrator.scenario import parse_scenario
+from tierflow.migration.channel import send_state
+from tierflow.migration.errors import MigrationError
+from tierflow.orchestrator.runner import Orchestrator, RunOptions
+from tierflow.orchestrator.scenario import parse_scenario
 
 pytestmark = pytest.mark.ray
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from migration.errors import MobilityInputError
-from migration.mobility import RandomWaypoint, StaticMobility, TraceMobility
+from tierflow.migration.errors import MobilityInputError
+from tierflow.migration.mobility import RandomWaypoint, StaticMobility, TraceMobility
 
 
 def waypoint_oracle(seed, index, start, area, speed, pause, t):

@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_placement_partition import random_instance
 
-from placement.candidates import ParameterBox, build_candidate_set
-from placement.cost import Profile, TierSpeeds, cost_graph, time_of
-from placement.graph import build_layer_graph
-from placement.partition import brute_force_vector, min_cut
-from tiers.models import InputShape, build_model
+from tierflow.placement.candidates import ParameterBox, build_candidate_set
+from tierflow.placement.cost import Profile, TierSpeeds, cost_graph, time_of
+from tierflow.placement.graph import build_layer_graph
+from tierflow.placement.partition import brute_force_vector, min_cut
+from tierflow.tiers.models import InputShape, build_model
 
 BOX3 = ParameterBox((1e8, 1e11), (1e9, 1e12), (1e5, 1e9), (1e10, 1e13), (1e5, 1e10))
 BOX2 = ParameterBox((1e8, 1e11), (1e9, 1e12), (1e5, 1e9))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-from placement.cost import Profile, TierSpeeds, batch_time_s
-from placement.graph import attach_profile, build_layer_graph, profile_seconds
-from placement.partition import partition
-from tiers.models import InputShape, build_model
+from tierflow.placement.cost import Profile, TierSpeeds, batch_time_s
+from tierflow.placement.graph import attach_profile, build_layer_graph, profile_seconds
+from tierflow.placement.partition import partition
+from tierflow.tiers.models import InputShape, build_model
 
 
 def test_profile_seconds_feeds_the_partitioner():

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from placement.errors import InvalidInstanceError
-from placement.instance import load_instance, solve_instance
+from tierflow.placement.errors import InvalidInstanceError
+from tierflow.placement.instance import load_instance, solve_instance
 
 VALID = {
     "nodes": [

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from placement.cost import Profile, TierSpeeds, batch_time_s, cost_graph, round_time_s
-from placement.errors import InfeasiblePlacementError
-from placement.graph import build_layer_graph, model_flops
-from placement.partition import brute_force, partition
-from tiers.models import InputShape, build_model
+from tierflow.placement.cost import Profile, TierSpeeds, batch_time_s, cost_graph, round_time_s
+from tierflow.placement.errors import InfeasiblePlacementError
+from tierflow.placement.graph import build_layer_graph, model_flops
+from tierflow.placement.partition import brute_force, partition
+from tierflow.tiers.models import InputShape, build_model
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -138,7 +138,7 @@ def test_layer_graph_flops_add_up_to_the_whole_model(real_graphs):
 
 
 def test_layer_graph_names_match_the_split_code(real_graphs):
-    from tiers.split import compute_nodes, trace
+    from tierflow.tiers.split import compute_nodes, trace
 
     gm = trace(build_model("resnet_small", InputShape(3, 32, 32, 10)))
     assert set(real_graphs["resnet_small"].nodes) == set(compute_nodes(gm)) | {"x"}

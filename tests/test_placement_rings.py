@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement.rings import choose_k, form_rings, optimal_kmeans_1d
+from tierflow.placement.rings import choose_k, form_rings, optimal_kmeans_1d
 
 
 def _sse(groups):

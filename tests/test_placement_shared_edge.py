@@ -8,8 +8,8 @@ import random
 import networkx as nx
 import pytest
 
-from placement.cost import Profile, TierSpeeds
-from placement.shared_edge import SharedDevice, brute_force_shared, plan_shared_edge
+from tierflow.placement.cost import Profile, TierSpeeds
+from tierflow.placement.shared_edge import SharedDevice, brute_force_shared, plan_shared_edge
 
 
 def _graph(rng: random.Random, n: int, chain: bool) -> nx.DiGraph:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.planning import layer_graph, plan_device, profile_for
-from orchestrator.runner import Orchestrator, RunOptions
-from orchestrator.scenario import load_scenario
-from placement.cost import batch_time_s
-from tiers.models import InputShape
+from tierflow.orchestrator.planning import layer_graph, plan_device, profile_for
+from tierflow.orchestrator.runner import Orchestrator, RunOptions
+from tierflow.orchestrator.scenario import load_scenario
+from tierflow.placement.cost import batch_time_s
+from tierflow.tiers.models import InputShape
 
 HERE = Path(__file__).parent
 SHAPE = InputShape(1, 8, 8, 10)  # digits

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from event_samples import sample_events
 
-from orchestrator.metrics import MetricsExporter
+from tierflow.orchestrator.metrics import MetricsExporter
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "tierflow.json"

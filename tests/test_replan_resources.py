@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from orchestrator.planning import Observed, layer_graph, plan_device, switch_pays
-from orchestrator.runner import RunOptions, run_scenario
-from orchestrator.scenario import parse_scenario
-from orchestrator.world import load_dataset
+from tierflow.orchestrator.planning import Observed, layer_graph, plan_device, switch_pays
+from tierflow.orchestrator.runner import RunOptions, run_scenario
+from tierflow.orchestrator.scenario import parse_scenario
+from tierflow.orchestrator.world import load_dataset
 
 pytestmark = pytest.mark.ray
 

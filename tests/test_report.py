@@ -9,8 +9,8 @@ import zlib
 import pytest
 from event_samples import sample_events, write_event_log
 
-from orchestrator.errors import TierflowError
-from orchestrator.report import ReportError, last_run, load_events, render_report
+from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.report import ReportError, last_run, load_events, render_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

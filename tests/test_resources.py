@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import yaml
 
-from orchestrator.errors import TierflowError
-from orchestrator.resources import ResourceModel, build_resources, read_trace
-from orchestrator.scenario import load_scenario
-from tiers.hosts import TrainReport
+from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.resources import ResourceModel, build_resources, read_trace
+from tierflow.orchestrator.scenario import load_scenario
+from tierflow.tiers.hosts import TrainReport
 
 BASE = {
     "cloud": {"flops_per_s": 1e12},
@@ -283,7 +283,7 @@ def test_a_bad_trace_is_reported_against_the_scenario_field_and_the_csv_line(tmp
 def test_the_emulated_clock_charges_bytes_over_the_bandwidth_of_the_moment(tmp_path):
     """A known trace: d0's link is 20 Mb/s until t=10, then 1 Mb/s. The clock's transfer time for
     known bytes is exactly bits / bandwidth(t) plus the device-side model sync (no compute)."""
-    from orchestrator.runner import Orchestrator, RunOptions
+    from tierflow.orchestrator.runner import Orchestrator, RunOptions
 
     orch = Orchestrator(scenario_with(tmp_path, {"trace": "res.csv"}), RunOptions(out_dir=tmp_path, progress=False))
     report = TrainReport("d0", "e0", 1, 16, 0.0, 0, (0.0, 0.0, 0.0), (250_000, 0), (125_000, 0), 2)

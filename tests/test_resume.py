@@ -17,10 +17,10 @@ import pytest
 import torch
 import yaml
 
-from orchestrator.checkpoint import load_checkpoint
-from orchestrator.errors import TierflowError
-from orchestrator.runner import RunOptions, run_scenario
-from orchestrator.scenario import load_scenario
+from tierflow.orchestrator.checkpoint import load_checkpoint
+from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.runner import RunOptions, run_scenario
+from tierflow.orchestrator.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
@@ -46,7 +46,7 @@ SCENARIO = {
 
 
 def tierflow(*args: str) -> list[str]:
-    return [sys.executable, "-m", "orchestrator.cli", *args]
+    return [sys.executable, "-m", "tierflow.orchestrator.cli", *args]
 
 
 def wait_for_checkpoint(run_dir: Path, round_: int, proc: subprocess.Popen, timeout_s: float = 240) -> None:

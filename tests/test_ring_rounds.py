@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from test_runner import small_scenario
 
-from orchestrator.rings_round import (
+from tierflow.orchestrator.rings_round import (
     RingRounds,
     form_ring_groups,
     hop_cost_s,
@@ -20,14 +20,14 @@ from orchestrator.rings_round import (
     plan_ring_round,
     ring_average,
 )
-from orchestrator.rounds import ROUND_POLICIES, SyncRounds, round_policy_for
-from orchestrator.runner import RunOptions, run_scenario
-from orchestrator.scenario import parse_scenario
-from orchestrator.world import build_world
-from tiers.hosts import BatchSampler
-from tiers.models import build_model
-from tiers.optim import make_optimizer
-from tiers.session import SplitKey
+from tierflow.orchestrator.rounds import ROUND_POLICIES, SyncRounds, round_policy_for
+from tierflow.orchestrator.runner import RunOptions, run_scenario
+from tierflow.orchestrator.scenario import parse_scenario
+from tierflow.orchestrator.world import build_world
+from tierflow.tiers.hosts import BatchSampler
+from tierflow.tiers.models import build_model
+from tierflow.tiers.optim import make_optimizer
+from tierflow.tiers.session import SplitKey
 
 KEY = SplitKey((("x", 0),), 1)
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from orchestrator.aggregation import FlatFedAvg, HierFAVG
-from orchestrator.runner import RunOptions, run_scenario
-from orchestrator.scenario import load_scenario, parse_scenario
-from orchestrator.world import build_world
-from tiers.aggregate import WeightedSum
-from tiers.hosts import BatchSampler
-from tiers.models import build_model
-from tiers.optim import make_optimizer
+from tierflow.orchestrator.aggregation import FlatFedAvg, HierFAVG
+from tierflow.orchestrator.runner import RunOptions, run_scenario
+from tierflow.orchestrator.scenario import load_scenario, parse_scenario
+from tierflow.orchestrator.world import build_world
+from tierflow.tiers.aggregate import WeightedSum
+from tierflow.tiers.hosts import BatchSampler
+from tierflow.tiers.models import build_model
+from tierflow.tiers.optim import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray

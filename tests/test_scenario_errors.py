@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.scenario import load_scenario
+from tierflow.orchestrator.cli import main
+from tierflow.orchestrator.scenario import load_scenario
 
 HERE = Path(__file__).parent
 BAD = HERE / "bad_scenarios"
@@ -70,8 +70,8 @@ def test_the_good_base_loads():
 
 
 def test_cli_exits_non_zero_without_traceback():
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(BAD / "negative_bandwidth.yaml")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "tierflow.orchestrator.cli", "run",
+                           str(BAD / "negative_bandwidth.yaml")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "devices[0].bandwidth_mbps: expected a positive number, got -5" in proc.stderr
     assert "Traceback" not in proc.stderr

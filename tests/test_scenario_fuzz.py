@@ -22,9 +22,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.errors import TierflowError
-from orchestrator.resources import build_resources, read_trace
-from orchestrator.scenario import Scenario, load_scenario
+from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.resources import build_resources, read_trace
+from tierflow.orchestrator.scenario import Scenario, load_scenario
 
 HERE = Path(__file__).parent
 GOOD = yaml.safe_load((HERE / "good_scenario.yaml").read_text())

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tiers.models import InputShape, build_model
-from tiers.optim import OptimizerSpec, make_optimizer
-from tiers.split import SplitError, assignment_from_cuts, split_graph, split_model, trace
-from tiers.step import StageRunner, run_local_step
+from tierflow.tiers.models import InputShape, build_model
+from tierflow.tiers.optim import OptimizerSpec, make_optimizer
+from tierflow.tiers.split import SplitError, assignment_from_cuts, split_graph, split_model, trace
+from tierflow.tiers.step import StageRunner, run_local_step
 
 SHAPE = InputShape(1, 8, 8, 10)
 OPT = OptimizerSpec("sgd", lr=0.05, momentum=0.9, weight_decay=1e-4)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from migration.errors import WireError
-from migration.wire import decode_state, encode_state
+from tierflow.migration.errors import WireError
+from tierflow.migration.wire import decode_state, encode_state
 
 
 def _frames(meta, arrays, chunk=2**21):

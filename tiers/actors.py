@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ray
 
-from tiers.hosts import Cloud, DeviceHost, EdgeServer
+from tierflow.tiers.hosts import Cloud, DeviceHost, EdgeServer
 
 KIND_RESOURCE = {"cloud": "tierflow_cloud", "edge": "tierflow_edge", "device": "tierflow_device"}
 _RESOURCE_SLIVER = 0.001

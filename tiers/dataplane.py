@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import zmq
 
-from migration.errors import WireError
-from migration.wire import decode_state, encode_state
+from tierflow.migration.errors import WireError
+from tierflow.migration.wire import decode_state, encode_state
 
 log = logging.getLogger(__name__)
 

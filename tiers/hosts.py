@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tiers.aggregate import WeightedSum
-from tiers.dataplane import DataPlaneClient, DataPlaneServer
-from tiers.models import InputShape
-from tiers.optim import OptimizerSpec
-from tiers.session import Session, SplitKey, StageFactory, load_partition, partition_state
-from tiers.step import wire_bytes
+from tierflow.tiers.aggregate import WeightedSum
+from tierflow.tiers.dataplane import DataPlaneClient, DataPlaneServer
+from tierflow.tiers.models import InputShape
+from tierflow.tiers.optim import OptimizerSpec
+from tierflow.tiers.session import Session, SplitKey, StageFactory, load_partition, partition_state
+from tierflow.tiers.step import wire_bytes
 
 
 def call(target, method: str, *args):
@@ -370,7 +370,7 @@ class SessionHost:
 
     # ----- migration (FedFly): sessions move edge to edge over pyzmq, in two phases -----
     def start_migration_receiver(self, key: bytes, host: str | None = "127.0.0.1") -> str:
-        from migration.channel import MigrationReceiver
+        from tierflow.migration.channel import MigrationReceiver
 
         if host is None:
             import ray
@@ -390,8 +390,8 @@ class SessionHost:
 
     def migrate_out(self, device_id: str, endpoint: str, key: bytes, timeout_s: float) -> dict:
         """Send a session to another edge; the source copy stays until the orchestrator drops it."""
-        from migration.channel import send_state
-        from migration.errors import MigrationError
+        from tierflow.migration.channel import send_state
+        from tierflow.migration.errors import MigrationError
 
         t0 = time.perf_counter()
         with self.lock:  # no step of this session can run while it is being copied

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tiers.models import InputShape, build_model
-from tiers.optim import OptimizerSpec
-from tiers.split import Stage, split_graph, trace
-from tiers.step import StageRunner
+from tierflow.tiers.models import InputShape, build_model
+from tierflow.tiers.optim import OptimizerSpec
+from tierflow.tiers.split import Stage, split_graph, trace
+from tierflow.tiers.step import StageRunner
 
 Assignment = Mapping[str, int]
 

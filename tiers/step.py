@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tiers.optim import OptimizerSpec, make_optimizer
-from tiers.split import Stage
+from tierflow.tiers.optim import OptimizerSpec, make_optimizer
+from tierflow.tiers.split import Stage
 
 # Arrays from Ray's object store are read-only views; stage inputs are never written in place.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
