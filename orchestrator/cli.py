@@ -30,10 +30,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         raise TierflowError("run: expected a scenario file, or --resume RUN_DIR")
     scenario = load_scenario(scenario_path)  # validated before Ray starts
+    from tierflow.orchestrator.profiles import PROFILE_FILE
     from tierflow.orchestrator.runner import RunOptions, run_scenario
 
+    profile_path = args.profile
+    if args.resume and profile_path is None and (out / PROFILE_FILE).is_file():
+        profile_path = str(out / PROFILE_FILE)  # a resumed run charges what the interrupted one did
     summary = run_scenario(scenario, RunOptions(out_dir=out, address=args.address, metrics_addr=args.metrics_addr,
-                                                resume=bool(args.resume)))
+                                                resume=bool(args.resume), profile_path=profile_path))
     print(json.dumps({k: summary[k] for k in ("final_accuracy", "rounds", "wall_time_s", "virtual_time_s")}))
     print(f"run directory: {out}")
     return 0
@@ -50,14 +54,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
             raise TierflowError(str(exc)) from exc
         print(json.dumps(result) if args.json else _format_instance(result))
         return 0
-    from tierflow.orchestrator.planning import layer_graph, plan_all
+    from tierflow.orchestrator.clock import build_cost_model
+    from tierflow.orchestrator.planning import plan_all
     from tierflow.orchestrator.scenario import load_scenario
     from tierflow.orchestrator.world import load_dataset
     from tierflow.placement.rings import form_rings
 
     scenario = load_scenario(args.target)
     shape = load_dataset(scenario).shape
-    plans = plan_all(scenario, layer_graph(scenario, shape), {d.name: d.edge for d in scenario.devices})
+    cost, _ = build_cost_model(scenario, shape, profile_path=args.profile)
+    plans = plan_all(scenario, cost.graph, {d.name: d.edge for d in scenario.devices})
     k = None if scenario.policy.rings in ("off", "auto") else int(scenario.policy.rings)
     rings = form_rings({d: p.round_time_s for d, p in plans.items()}, k)
     ring_of = {d: i for i, ring in enumerate(rings) for d in ring.members}
@@ -93,7 +99,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.rounds is not None and args.rounds < 1:
         raise TierflowError(f"--rounds: expected an integer >= 1, got {args.rounds}")
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.scenario).stem}-compare"
-    compare(scenario, names, out, address=args.address, rounds=args.rounds)
+    compare(scenario, names, out, address=args.address, rounds=args.rounds, profile_path=args.profile)
     print((out / "compare.md").read_text())
     print(f"written: {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
     return 0
@@ -107,6 +113,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+PROFILE_HELP = ("a layer profile (a run's layer_profile.json) to price compute with; default: this host's "
+                "cached profile, timed once if missing")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tierflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,10 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default: runs/<scenario name>)")
     run.add_argument("--metrics-addr", default=None,
                      help="serve Prometheus metrics at HOST:PORT (e.g. 127.0.0.1:9464); off by default")
+    run.add_argument("--profile", metavar="FILE", help=PROFILE_HELP)
     run.set_defaults(func=cmd_run)
     plan = sub.add_parser("plan", help="print each device's split, predicted times and ring; or solve INSTANCE.json")
     plan.add_argument("target", help="a scenario file, or a bare cost-graph instance (.json)")
     plan.add_argument("--json", action="store_true", help="print JSON")
+    plan.add_argument("--profile", metavar="FILE", help=PROFILE_HELP)
     plan.set_defaults(func=cmd_plan)
     cmp = sub.add_parser("compare", help="run a scenario under several policies; write a table and a plot")
     cmp.add_argument("scenario")
@@ -131,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", help="output directory (default: runs/<scenario>-compare)")
     cmp.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
     cmp.add_argument("--rounds", type=int, help="override training.rounds (a quick look)")
+    cmp.add_argument("--profile", metavar="FILE", help=PROFILE_HELP)
     cmp.set_defaults(func=cmd_compare)
     report = sub.add_parser("report", help="plot a run directory's event log to PNG files")
     report.add_argument("run_dir")

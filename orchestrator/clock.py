@@ -1,95 +1,128 @@
-"""Emulated time: the computation really runs, the clock is virtual (design §5).
+"""Emulated time: the training really runs, the clock is virtual and exact.
 
-What a device's virtual time in a round includes, and nothing else:
-- compute: seconds measured on this host for each tier's work, scaled by
-  ``host_flops_per_s / tier_flops_per_s`` (the host is calibrated once by a matmul);
-- transfers: bytes / bandwidth for activations up and gradients down on each link it used;
-- model sync: the device-side parameters down and up once per round on its device-edge link;
-- handovers: a migration's measured pause plus its state bytes over the edge-to-edge backhaul.
-An edge server's compute is shared: the round cannot end before the edge has done all of its
-devices' edge work back to back, and likewise the cloud for every device's cloud layers, so the
-round time is the largest of the slowest device, the busiest edge and the cloud.
-Resources may vary in time (orchestrator/resources.py); each period is charged at the speeds and
-bandwidths of its start, held for the period. Aggregation arithmetic and Ray's own overhead are not
-counted.
+Virtual time is a pure function of (scenario, seed, layer profile): what a period charges comes
+from the cost model (placement/cost.py), the same function the planner minimises, never from the
+wall time a step happened to take on this host. What a device's period is charged, and nothing else:
+
+- compute: each layer's cost from the profile (``execution.compute: profile``: seconds timed once on
+  a reference host, as effective FLOPs at its calibrated speed; ``flops``: FLOP counts) at the
+  speed of the tier it runs on; ``measured`` charges each step's own wall time instead (scaled by
+  host/tier speed: noisy, for studies of the host itself);
+- transfers: activations and labels up, gradients down, bytes x 8 / bandwidth on each link used;
+- model sync: the device-side parameters up and the aggregate back, once per period, on its link;
+- a session moved edge to edge (handover or ring pass): a fixed pause (``policy.migration_pause_s``)
+  plus its bytes over the slower of the two edges' uplinks.
+
+An edge's compute is shared, and so is the cloud's: a period lasts as long as its slowest device,
+or its busiest edge, or the cloud doing all its devices' work back to back. Speeds and bandwidths
+may vary in time (orchestrator/resources.py); each period is charged at the values of its start.
+Aggregation arithmetic, Ray's own overhead, latency and link contention are not counted.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import replace
+from pathlib import Path
 
-import torch
+import networkx as nx
 
+from tierflow.orchestrator.profiles import profile_for
+from tierflow.orchestrator.resources import Resources
+from tierflow.orchestrator.scenario import Scenario
+from tierflow.placement.cost import CostGraph, PeriodCost, Profile, TierSpeeds, as_vector, cost_graph, period_cost
+from tierflow.placement.graph import attach_profile, build_layer_graph
+from tierflow.placement.profile import LayerProfile
+from tierflow.tiers.models import InputShape, build_model
+from tierflow.tiers.optim import OptimizerSpec
+from tierflow.tiers.session import SplitKey
 
-@contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run the block on one torch thread, as each tier actor computes: timings here scale to theirs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+_THREE_TIERS = TierSpeeds(1.0, 1.0, 1.0, 1.0, 1.0)  # cost arrays need the tier count only
 
 
-@lru_cache(maxsize=1)
-def host_flops_per_s() -> float:
-    """This host's dense float32 speed, single-threaded like the tier actors."""
-    n = 256
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    with single_threaded():
-        for _ in range(3):
-            a @ b
-        reps, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < 0.2:
-            a @ b
-            reps += 1
-        elapsed = time.perf_counter() - t0
-    return 2 * n**3 * reps / elapsed
+class CostModel:
+    """One run's cost model: the priced layer graph, charged by the clock and predicted by the planner.
+
+    ``graph`` carries each layer's per-sample work (effective FLOPs) and bytes; ``compute`` is the
+    scenario's ``execution.compute``; ``host_flops_per_s`` scales measured wall time (``measured``).
+    """
+
+    def __init__(self, graph: nx.DiGraph, compute: str = "profile", host_flops_per_s: float | None = None):
+        self.graph = graph
+        self.compute = compute
+        self.host_flops_per_s = host_flops_per_s
+        self._cost_graphs: dict[int, CostGraph] = {}
+        self._vectors: dict[tuple[SplitKey, int], tuple[int, ...]] = {}
+
+    def cost_graph(self, batch_size: int) -> CostGraph:
+        cg = self._cost_graphs.get(batch_size)
+        if cg is None:
+            cg = self._cost_graphs[batch_size] = cost_graph(self.graph, Profile(_THREE_TIERS, batch_size=batch_size))
+        return cg
+
+    def _vector(self, key: SplitKey, batch_size: int) -> tuple[int, ...]:
+        x = self._vectors.get((key, batch_size))
+        if x is None:
+            x = self._vectors[(key, batch_size)] = tuple(as_vector(self.cost_graph(batch_size), key.assignment()))
+        return x
+
+    def period(self, key: SplitKey, steps: int, batch_size: int, speeds: TierSpeeds, syncs: int = 1,
+               measured_compute_s: tuple[float, float, float] | None = None) -> PeriodCost:
+        """``steps`` batches of ``batch_size`` under ``key`` and ``syncs`` model syncs, at ``speeds``."""
+        cost = period_cost(self.cost_graph(batch_size), self._vector(key, batch_size), speeds, steps, syncs)
+        if self.compute == "measured" and measured_compute_s is not None:
+            assert self.host_flops_per_s is not None
+            scaled = tuple(m * self.host_flops_per_s / s for m, s in zip(measured_compute_s, speeds.flops_per_s,
+                                                                         strict=True))
+            cost = replace(cost, compute_s=scaled)
+        return cost
+
+    def session_bytes(self, key: SplitKey, tier: int, optimizer: OptimizerSpec) -> int:
+        """The modelled size of a session moved edge to edge: its tier's weights and buffers, plus one
+        copy of the weights per optimizer state tensor (momentum: one, Adam: two). Moves are charged
+        at this size, so a planned ring pass costs what the plan predicted."""
+        copies = 2 if optimizer.name == "adam" else (1 if optimizer.momentum > 0 else 0)
+        return int(sum(d.get("param_bytes", 0) + copies * d.get("trainable_bytes", 0)
+                       for n, t in key.tiers if t == tier and n in self.graph for d in [self.graph.nodes[n]]))
+
+    def device_param_bytes(self, key: SplitKey) -> int:
+        """Bytes of the device-side parameters and buffers under ``key``: what one model sync moves."""
+        cg = self.cost_graph(1)
+        return int(sum(p for p, xi in zip(cg.param_bytes, self._vector(key, 1), strict=True) if xi == 0))
 
 
-@dataclass(frozen=True)
-class DeviceRoundTime:
-    device_id: str
-    edge: str | None
-    compute_s: tuple[float, float, float]  # virtual, per tier
-    transfer_s: float
-    sync_s: float
+def build_cost_model(scenario: Scenario, shape: InputShape, profile: LayerProfile | None = None,
+                     profile_path: str | Path | None = None) -> tuple[CostModel, LayerProfile | None]:
+    """The run's cost model, and the layer profile it prices compute with (None under ``flops``).
 
-    @property
-    def total_s(self) -> float:
-        return sum(self.compute_s) + self.transfer_s + self.sync_s
-
-
-@dataclass(frozen=True)
-class LinkRates:
-    device_bandwidth_bps: float
-    edge_cloud_bandwidth_bps: float
-
-
-def device_round_time(device_id: str, edge: str | None, measured_compute_s: tuple[float, float, float],
-                      speeds_flops_per_s: tuple[float, float, float], bytes_up: tuple[int, int],
-                      bytes_down: tuple[int, int], links: LinkRates, sync_bytes: int,
-                      host_speed: float, extra_s: float = 0.0) -> DeviceRoundTime:
-    compute = tuple(m * host_speed / s for m, s in zip(measured_compute_s, speeds_flops_per_s, strict=True))
-    transfer = 8 * (bytes_up[0] + bytes_down[0]) / links.device_bandwidth_bps
-    transfer += 8 * (bytes_up[1] + bytes_down[1]) / links.edge_cloud_bandwidth_bps
-    sync = 8 * 2 * sync_bytes / links.device_bandwidth_bps
-    transfer += extra_s  # e.g. a migration's pause
-    return DeviceRoundTime(device_id, edge, compute, transfer, sync)
+    ``profile`` reuses one already loaded (every variant of a comparison, a resumed run);
+    ``profile_path`` names a file; otherwise this host's cached profile, timed once if missing.
+    """
+    model = build_model(scenario.model.name, shape, seed=scenario.training.seed)
+    graph = build_layer_graph(model, (shape.channels, shape.height, shape.width), batch_size=8)
+    compute = scenario.execution.compute
+    if compute == "flops":
+        return CostModel(graph, compute), None
+    profile = profile_for(scenario.model.name, graph, shape, scenario.training.batch_size, scenario.training.seed,
+                          profile_path, given=profile)
+    priced = attach_profile(graph, profile.per_sample_seconds(), profile.host_flops_per_s)
+    return CostModel(priced, compute, profile.host_flops_per_s), profile
 
 
-def round_time(times: Iterable[DeviceRoundTime]) -> float:
-    """Slowest device, or the busiest edge, or the cloud, if their shared compute takes longer."""
-    times = list(times)
-    if not times:
-        return 0.0
-    edge_busy: dict[str | None, float] = {}
-    for t in times:
-        edge_busy[t.edge] = edge_busy.get(t.edge, 0.0) + t.compute_s[1]
-    cloud_busy = sum(t.compute_s[2] for t in times)  # one cloud serves every device's cloud layers
-    return max(max(t.total_s for t in times), max(edge_busy.values()), cloud_busy)
+def tier_speeds(scenario: Scenario, resources: Resources, device_id: str, edge: str | None, t: float) -> TierSpeeds:
+    """The tier chain a device trains on at virtual time ``t``: its own speed and link, its edge's
+    speed and uplink, and the cloud."""
+    edge = edge or scenario.edges[0].name  # a device-only device uses no edge; any edge's figures do
+    return TierSpeeds(resources.device_flops_per_s(device_id, t), resources.edge_flops_per_s(edge, t),
+                      resources.device_bandwidth_bps(device_id, t), scenario.cloud.flops_per_s,
+                      resources.edge_cloud_bandwidth_bps(edge, t))
+
+
+def edge_to_edge_bps(scenario: Scenario, src: str, dst: str) -> float:
+    """Edges talk over their backhaul: the slower of the two uplinks bounds a transfer."""
+    return 1e6 * min(scenario.edge(src).cloud_bandwidth_mbps, scenario.edge(dst).cloud_bandwidth_mbps)
+
+
+def session_move_s(scenario: Scenario, src: str, dst: str, bytes_: int) -> float:
+    """Virtual seconds of a session moved edge to edge: the modelled pause plus its bytes over the
+    backhaul. Handover migrations and ring passes alike; the move's wall time is not charged."""
+    return scenario.policy.migration_pause_s + 8 * bytes_ / edge_to_edge_bps(scenario, src, dst)

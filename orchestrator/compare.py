@@ -20,6 +20,7 @@ from pathlib import Path
 from tierflow.orchestrator.errors import TierflowError
 from tierflow.orchestrator.events import read_events
 from tierflow.orchestrator.scenario import MobilitySpec, Scenario
+from tierflow.placement.profile import LayerProfile
 
 
 @dataclass(frozen=True)
@@ -249,26 +250,21 @@ def _ttt_text(r: Row) -> str:
     return "not reached" if r.time_to_target_s is None else f"{r.time_to_target_s:.1f} s (round {r.target_round})"
 
 
-def _layer_profile(scenario: Scenario, out: Path) -> dict | None:
-    """One timing of the model's layers for every variant (``policy.plan_costs: measured``).
-
-    Each run would otherwise time the layers itself, and on a busy host two timings differ enough
-    to flip a close plan: the variants would then differ by more than their policy. Kept in
-    ``layer_profile.json`` beside the table.
-    """
-    if scenario.policy.plan_costs != "measured":
-        return None
-    from tierflow.orchestrator.planning import layer_graph
+def _layer_profile(scenario: Scenario, out: Path, profile_path: str | None) -> LayerProfile | None:
+    """One layer profile for every variant, so they differ by their policy alone; kept in
+    ``layer_profile.json`` beside the table (None when compute is priced by FLOP counts)."""
+    from tierflow.orchestrator.clock import build_cost_model
+    from tierflow.orchestrator.profiles import write_profile
     from tierflow.orchestrator.world import load_dataset
 
-    graph = layer_graph(scenario, load_dataset(scenario).shape)
-    profile = {"host_flops_per_s": graph.graph["host_flops_per_s"], "node_seconds": graph.graph["node_seconds"]}
-    (out / "layer_profile.json").write_text(json.dumps(profile, indent=1) + "\n")
-    return graph.graph["node_seconds"]
+    _, profile = build_cost_model(scenario, load_dataset(scenario).shape, profile_path=profile_path)
+    if profile is not None:
+        write_profile(out, profile)
+    return profile
 
 
 def compare(scenario: Scenario, names: Sequence[str], out: Path, address: str | None = None,
-            rounds: int | None = None, progress: bool = True) -> list[Row]:
+            rounds: int | None = None, progress: bool = True, profile_path: str | None = None) -> list[Row]:
     """Run ``scenario`` under each named variant into ``out/<variant>/``; write compare.md/.json/.png."""
     from tierflow.orchestrator.runner import RunOptions, run_scenario
 
@@ -278,7 +274,7 @@ def compare(scenario: Scenario, names: Sequence[str], out: Path, address: str | 
     if rounds is not None:
         scenario = replace(scenario, training=replace(scenario.training, rounds=rounds))
     out.mkdir(parents=True, exist_ok=True)
-    node_seconds = _layer_profile(scenario, out)
+    profile = _layer_profile(scenario, out, profile_path)
     derived: list[tuple[str, Scenario]] = []
     rows: list[Row] = []
     t_all = time.perf_counter()
@@ -294,8 +290,7 @@ def compare(scenario: Scenario, names: Sequence[str], out: Path, address: str | 
         else:
             if run_dir.is_symlink():  # an earlier comparison shared a twin's run here: do not write into it
                 run_dir.unlink()
-            run_scenario(sc, RunOptions(out_dir=run_dir, address=address, progress=progress,
-                                        node_seconds=node_seconds))
+            run_scenario(sc, RunOptions(out_dir=run_dir, address=address, progress=progress, profile=profile))
             rows.append(row_from_run(name, run_dir))
         r = rows[-1]
         how = f"same run as {twin}" if twin else f"{time.perf_counter() - t0:.0f} s wall"

@@ -50,14 +50,3 @@ def edge_sites(scenario: Scenario, alive: set[str] | None = None) -> list[EdgeSi
 
 def build_detector(scenario: Scenario, current: dict[str, str | None], alive: set[str] | None = None):
     return HandoverDetector(edge_sites(scenario, alive), scenario.mobility.hysteresis_m, initial=dict(current))
-
-
-def edge_to_edge_bps(scenario: Scenario, src: str, dst: str) -> float:
-    """Edges talk over their backhaul: the slower of the two uplinks bounds a transfer."""
-    return 1e6 * min(scenario.edge(src).cloud_bandwidth_mbps, scenario.edge(dst).cloud_bandwidth_mbps)
-
-
-def session_move_s(scenario: Scenario, src: str, dst: str, moved: dict) -> float:
-    """Virtual seconds of a session moved edge to edge (``moved``: a migrate_out result): its
-    measured pause plus its bytes over the backhaul. Handover migrations and ring passes alike."""
-    return moved["duration_s"] + 8 * moved["bytes"] / edge_to_edge_bps(scenario, src, dst)

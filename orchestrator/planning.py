@@ -13,9 +13,7 @@ import networkx as nx
 
 from tierflow.orchestrator.scenario import DeviceSpec, Scenario
 from tierflow.placement.cost import Profile, TierSpeeds, device_param_bytes, round_time_s
-from tierflow.placement.graph import build_layer_graph
 from tierflow.placement.partition import partition
-from tierflow.tiers.models import InputShape, build_model
 from tierflow.tiers.session import SplitKey
 
 
@@ -28,45 +26,6 @@ class DevicePlan:
     round_time_s: float
     device_flops_per_s: float  # the device speed this plan assumed
     observed: Observed | None = None  # every speed this plan assumed
-
-
-NodeSeconds = dict[str, tuple[float, float]]  # layer -> (forward, backward) host seconds per sample
-
-
-def layer_graph(scenario: Scenario, shape: InputShape, host_flops_per_s: float | None = None,
-                node_seconds: NodeSeconds | None = None) -> nx.DiGraph:
-    """The layer graph the planner prices, in the units the clock charges.
-
-    With ``policy.plan_costs: measured`` (the default) each layer's FLOPs are replaced by its
-    seconds timed on this host (single-threaded, like the tier actors, at the scenario's batch
-    size) times the host's calibrated FLOP/s, which is exactly how emulated time scales measured
-    compute. FLOP counts miss per-call overhead, which dominates small layers: for VGG-5 on 8x8
-    digits a ReLU counts 0 FLOPs yet takes as long as conv1, and the whole model costs about 12x
-    its FLOP count, so FLOP-priced plans were predicted 2-2.6x faster than the clock charged and
-    kept compute on devices it slowed. ``node_seconds`` reuses a profile (a resumed run, or every
-    variant of a comparison); the profile used is kept in ``graph.graph["node_seconds"]``.
-    """
-    from tierflow.orchestrator.clock import host_flops_per_s as calibrate
-    from tierflow.orchestrator.clock import single_threaded
-    from tierflow.placement.graph import attach_profile, profile_seconds
-
-    model = build_model(scenario.model.name, shape, seed=scenario.training.seed)
-    sample = (shape.channels, shape.height, shape.width)
-    graph = build_layer_graph(model, sample, batch_size=8)
-    if scenario.policy.plan_costs != "measured":
-        return graph
-    if node_seconds is None:
-        with single_threaded():
-            node_seconds = profile_seconds(model, sample, batch_size=scenario.training.batch_size, repeats=9)
-    if host_flops_per_s is None:
-        host_flops_per_s = calibrate()
-    missing = set(graph.nodes) - set(node_seconds)
-    if missing:
-        raise ValueError(f"the layer profile has no timing for layers {sorted(missing)}")
-    graph = attach_profile(graph, {n: node_seconds[n] for n in graph.nodes}, host_flops_per_s)
-    graph.graph["node_seconds"] = {n: tuple(node_seconds[n]) for n in graph.nodes}
-    graph.graph["host_flops_per_s"] = host_flops_per_s
-    return graph
 
 
 @dataclass(frozen=True)
@@ -145,13 +104,6 @@ def device_flops_per_step(graph: nx.DiGraph, key: SplitKey, batch_size: int) -> 
     """Forward plus backward FLOPs the device itself runs for one batch under ``key``."""
     on_device = [n for n, tier in key.tiers if tier == 0 and n in graph]
     return batch_size * sum(graph.nodes[n]["fwd_flops"] + graph.nodes[n]["bwd_flops"] for n in on_device)
-
-
-DRIFT = 0.25  # re-plan when a measured speed is this far from the one the plan assumed
-
-
-def drifted(assumed: float, measured: float) -> bool:
-    return abs(measured - assumed) > DRIFT * assumed
 
 
 def any_drifted(assumed: Observed, now: Observed, threshold: float = 0.1) -> bool:

@@ -73,15 +73,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import astuple, dataclass, replace
+from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
 
-from tierflow.orchestrator.mobility import edge_to_edge_bps, session_move_s
-from tierflow.orchestrator.rounds import RoundResult
-from tierflow.placement.cost import round_time_s
+from tierflow.orchestrator.clock import session_move_s, tier_speeds
+from tierflow.orchestrator.rounds import RoundResult, add_compute
+from tierflow.placement.cost import PeriodCost
 from tierflow.placement.rings import form_rings
 from tierflow.tiers.aggregate import weighted_average
 from tierflow.tiers.hosts import TrainReport
@@ -101,6 +101,7 @@ class PlannedRing:
     hops: int  # hops this round
     pass_s: tuple[float, ...] = ()  # predicted seconds to bring the ring session to each member from the one before
     first: int = 0  # index of the member this round's visits start at (where the last round stopped)
+    server_s: tuple[tuple[float, float], ...] = ()  # predicted edge and cloud compute of each member's hop
 
     def member(self, hop: int) -> str:
         return self.members[(self.first + hop) % len(self.members)]
@@ -121,6 +122,19 @@ class RingRoundPlan:
     interval_s: float
     left_out: tuple[str, ...] = ()  # not in any ring this round (out of coverage, host lost)
     reformed: bool = True  # the rings were formed for this round (not kept from the last)
+
+    def predicted_round_s(self, edge_of: Mapping[str, str | None]) -> float:
+        """The round as the clock will charge it if nothing unforeseen happens: the slowest ring, or
+        an edge (or the cloud) doing every planned hop's server work back to back."""
+        busy: dict[str, float] = {}
+        for r in self.rings:
+            for h in range(r.hops if r.server_s else 0):
+                edge_s, cloud_s = r.server_s[(r.first + h) % len(r.members)]
+                edge = edge_of.get(r.member(h))
+                if edge is not None:
+                    busy[edge] = busy.get(edge, 0.0) + edge_s
+                busy["@cloud-tier"] = busy.get("@cloud-tier", 0.0) + cloud_s
+        return max([*(r.predicted_s for r in self.rings), *busy.values(), 0.0])
 
     def __str__(self) -> str:
         lines = [f"interval {self.interval_s:.3f} s" + (f"; left out: {', '.join(self.left_out)}"
@@ -182,7 +196,8 @@ def plan_ring_round(round_time_s: Mapping[str, float], edge_of: Mapping[str, str
                     formed: Sequence[tuple[tuple[str, ...], SplitKey]] | None = None,
                     taken: Collection[str] = (),
                     pass_time_s: Callable[[str, str, SplitKey], float] | None = None,
-                    firsts: Sequence[int] | None = None) -> RingRoundPlan:
+                    firsts: Sequence[int] | None = None,
+                    server_time_s: Callable[[str, SplitKey], tuple[float, float]] | None = None) -> RingRoundPlan:
     """One round's schedule.
 
     ``round_time_s``: each device's predicted synchronous round (grouping, and the default interval);
@@ -192,7 +207,8 @@ def plan_ring_round(round_time_s: Mapping[str, float], edge_of: Mapping[str, str
     still cover exactly the connected devices (otherwise rings are formed afresh); ``firsts``: where
     each kept ring's visits start (where its last round stopped; a ring formed afresh starts at its
     first, fastest member). Without it, a ring making fewer hops than it has members would train the
-    same members every round.
+    same members every round. ``server_time_s(device, split)``: the edge and cloud compute of one
+    hop (what the round's shared servers must do).
     """
     devices = sorted(round_time_s)
     connected = [d for d in devices if edge_of.get(d) is not None]
@@ -211,7 +227,8 @@ def plan_ring_round(round_time_s: Mapping[str, float], edge_of: Mapping[str, str
         pass_s = tuple(pass_time_s(members[i - 1], d, key) if pass_time_s else 0.0 for i, d in enumerate(members))
         first %= len(members)
         hops = hops_in_interval(hop_s, interval_s, pass_s, first)
-        rings.append(PlannedRing(rid, tuple(members), key, hop_s, hops, pass_s, first))
+        server_s = tuple(server_time_s(d, key) for d in members) if server_time_s else ()
+        rings.append(PlannedRing(rid, tuple(members), key, hop_s, hops, pass_s, first, server_s))
     return RingRoundPlan(tuple(rings), float(interval_s), left_out, reformed)
 
 
@@ -276,31 +293,29 @@ class RingRounds:
             return orch.plans[device].key
         return orch.world.splits[device]
 
-    def _profile(self, orch: Orchestrator, device: str, steps: int):
-        from tierflow.orchestrator.planning import profile_for, shares_for
-
+    def hop_cost(self, orch: Orchestrator, device: str, key: SplitKey) -> PeriodCost:
+        """One hop as the clock will charge it: ``local_steps`` batches and the device-side stage in
+        and out (one sync), at the resources of the round's start."""
+        sc = orch.scenario
         edge = orch.session_at[device]
-        seen = orch.observed.get(device)
-        observed = seen[1] if seen and seen[0] == edge else None
-        profile = profile_for(orch.scenario, orch.devices[device], edge, observed=observed,
-                              shares=shares_for(orch.session_at)[device])
-        return replace(profile, steps_per_round=steps, syncs_per_round=1)
+        return orch.cost.period(key, sc.training.local_steps, orch.batch_of[device],
+                                tier_speeds(sc, orch.resources, device, edge, orch.virtual_time_s))
 
     def hop_s(self, orch: Orchestrator, device: str, key: SplitKey) -> float:
-        """One hop: ``local_steps`` batches plus the device-side stage in and out (the clock's sync term)."""
-        profile = self._profile(orch, device, orch.scenario.training.local_steps)
-        return round_time_s(orch.graph, key.assignment(), profile)
+        return self.hop_cost(orch, device, key).total_s
+
+    def server_s(self, orch: Orchestrator, device: str, key: SplitKey) -> tuple[float, float]:
+        cost = self.hop_cost(orch, device, key)
+        return cost.compute_s[1], cost.compute_s[2]
 
     def pass_s(self, orch: Orchestrator, src: str, dst: str, key: SplitKey) -> float:
         """The ring session (edge-side weights and optimizer state) from ``src``'s edge to ``dst``'s."""
         a, b = orch.session_at[src], orch.session_at[dst]
-        if a == b or key.n_tiers == 1:
-            return 0.0
-        weights = sum(float(orch.graph.nodes[n].get("param_bytes", 0.0)) for n, t in key.tiers
-                      if t == 1 and n in orch.graph)
-        opt = orch.scenario.training.optimizer
-        copies = 1 + (2 if opt.name == "adam" else 1 if opt.momentum > 0 else 0)
-        return 8 * copies * weights / edge_to_edge_bps(orch.scenario, a, b)
+        return 0.0 if a == b or key.n_tiers == 1 else self.pass_s_between(orch, a, b, key)
+
+    def pass_s_between(self, orch: Orchestrator, src_edge: str, dst_edge: str, key: SplitKey) -> float:
+        return session_move_s(orch.scenario, src_edge, dst_edge,
+                              orch.cost.session_bytes(key, 1, orch.scenario.training.optimizer))
 
     def ring_split(self, orch: Orchestrator, members: tuple[str, ...]) -> SplitKey:
         if orch.scenario.policy.placement != "adaptive":
@@ -332,7 +347,8 @@ class RingRounds:
                                lambda members: self.ring_split(orch, members),
                                lambda d, key: self.hop_s(orch, d, key), formed=keep, taken=orch.devices,
                                pass_time_s=lambda a, b, key: self.pass_s(orch, a, b, key),
-                               firsts=self.firsts if keep is not None else None)
+                               firsts=self.firsts if keep is not None else None,
+                               server_time_s=lambda d, key: self.server_s(orch, d, key))
         formed = tuple((r.members, r.key) for r in plan.rings)
         if plan.reformed:
             orch.log.emit({"event": "rings_formed", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
@@ -354,12 +370,14 @@ class RingRounds:
         plan = self.plan(orch)
         self._close_device_sessions(orch)
         if not plan.rings:
-            return RoundResult([], 0.0, {})
+            return RoundResult([], 0.0, 0.0, {})
+        predicted = plan.predicted_round_s({d: orch.session_at[d] for d in orch.devices})
         start = ray.put(orch.global_state)
         runs = {r.ring_id: _RingRun(r, orch.session_at[r.member(0)]) for r in plan.rings}
         ray.get([c for x in runs.values() for c in self._open_calls(orch, x, start)])
         reports: list[TrainReport] = []
         busy: dict[str, float] = {}  # summed compute per edge (and the cloud) this round
+        compute = (0.0, 0.0, 0.0)
         while True:
             pending = [x for x in runs.values() if x.pending]
             if not pending:
@@ -399,14 +417,13 @@ class RingRounds:
                 x.carried = tuple(exports[r.device_id])
                 x.samples += r.samples
                 x.trained_hops += 1
-                t = orch.virtual_time_s + x.clock_s
-                x.clock_s += orch.round_clock([r], None, x.clock_s)
+                (charge,) = orch.charges([r], None, x.clock_s)
+                x.clock_s += charge.total_s
+                compute = add_compute(compute, [charge])
                 x.last_member = r.device_id
                 if r.edge is not None:
-                    busy[r.edge] = busy.get(r.edge, 0.0) + \
-                        r.compute_s[1] * orch.host_speed / orch.resources.edge_flops_per_s(r.edge, t)
-                busy["@cloud-tier"] = busy.get("@cloud-tier", 0.0) + \
-                    r.compute_s[2] * orch.host_speed / sc.cloud.flops_per_s
+                    busy[r.edge] = busy.get(r.edge, 0.0) + charge.cost.compute_s[1]
+                busy["@cloud-tier"] = busy.get("@cloud-tier", 0.0) + charge.cost.compute_s[2]
             if failed:
                 orch.drop_dead_edges({})
         models = self._ring_models(orch, runs)
@@ -424,7 +441,7 @@ class RingRounds:
                        "predicted_s": {x.rid: x.ring.predicted_s for x in runs.values()},
                        "dropped": {x.rid: x.dropped for x in runs.values() if x.dropped},
                        "left_out": list(plan.left_out)})
-        return RoundResult(reports, virtual, {r.ring_id: list(r.members) for r in plan.rings})
+        return RoundResult(reports, virtual, predicted, {r.ring_id: list(r.members) for r in plan.rings}, compute)
 
     # ----- ring sessions -----
     def _open_calls(self, orch: Orchestrator, x: _RingRun, state_ref) -> list:
@@ -484,7 +501,7 @@ class RingRounds:
                     continue
                 closes.append(orch.edges[src].close_session.remote(x.rid))
                 x.at = dst
-                x.clock_s += session_move_s(orch.scenario, src, dst, out)
+                x.clock_s += self.pass_s_between(orch, src, dst, x.ring.key)
                 orch.counters["ring_passes"] = orch.counters.get("ring_passes", 0) + 1
                 orch.counters["ring_pass_bytes"] = orch.counters.get("ring_pass_bytes", 0) + out["bytes"]
                 orch.counters["ring_pass_time_s"] = orch.counters.get("ring_pass_time_s", 0.0) + out["duration_s"]
@@ -571,7 +588,7 @@ class RingRounds:
                 return
             ray.get(orch.edges[src].close_session.remote(x.rid))
             x.at = dst
-            x.clock_s += session_move_s(orch.scenario, src, dst, out)
+            x.clock_s += self.pass_s_between(orch, src, dst, x.ring.key)
             orch.counters["migrations"] += 1
             orch.counters["migration_bytes"] += out["bytes"]
             orch.counters["migration_time_s"] += out["duration_s"]

@@ -7,10 +7,11 @@ events, re-planning, checkpoints) does not know which policy it runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from tierflow.placement.cost import Charge, makespan_s
 from tierflow.tiers.hosts import TrainReport
 
 if TYPE_CHECKING:
@@ -20,8 +21,10 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class RoundResult:
     reports: list[TrainReport]  # one merged report per device and period (or ring hop)
-    virtual_s: float  # the round's duration in emulated time
+    virtual_s: float  # the round's duration in emulated time, as the clock charged it
+    predicted_s: float  # the same, as the cost model predicted it when the round began
     rings: dict[str, list[str]] | None = None  # ring id -> members, when the policy trains in rings
+    compute_s: tuple[float, float, float] = (0.0, 0.0, 0.0)  # charged compute per tier, summed over devices
 
 
 class RoundPolicy(Protocol):
@@ -52,12 +55,17 @@ class SyncRounds:
     def run_round(self, orch: Orchestrator) -> RoundResult:
         sc = orch.scenario
         reports: list[TrainReport] = []
-        virtual_round = 0.0
+        virtual_round = predicted = 0.0
+        compute = (0.0, 0.0, 0.0)
+        predicted_period = orch.predicted_period_s()
         for period in range(sc.aggregation.cloud_every):
+            predicted += predicted_period
             orch.period = period
             period_reports, extra_s = orch.run_period(virtual_round)
             reports.extend(period_reports)
-            virtual_round += orch.round_clock(period_reports, extra_s, virtual_round)
+            charges = orch.charges(period_reports, extra_s, virtual_round)
+            virtual_round += makespan_s(charges)
+            compute = add_compute(compute, charges)
             healthy = orch.healthy(period_reports)
             groups = orch.aggregation.groups({d: e for d, e in orch.session_at.items() if d in healthy})
             sums = orch.partial_sums(groups)
@@ -67,7 +75,15 @@ class SyncRounds:
             else:
                 orch.global_state = orch.aggregation.global_model(sums)
                 orch.push(orch.global_state, sorted(orch.edge_of))
-        return RoundResult(reports, virtual_round)
+        return RoundResult(reports, virtual_round, predicted, compute_s=compute)
+
+
+def add_compute(total: tuple[float, float, float], charges: Iterable[Charge]) -> tuple[float, float, float]:
+    """``total`` plus the charges' compute, tier by tier (what round_end reports as ``compute_s``)."""
+    d, e, c = total
+    for ch in charges:
+        d, e, c = d + ch.cost.compute_s[0], e + ch.cost.compute_s[1], c + ch.cost.compute_s[2]
+    return d, e, c
 
 
 def _ring_rounds() -> RoundPolicy:

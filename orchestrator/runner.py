@@ -22,15 +22,18 @@ from tqdm import tqdm
 
 from tierflow.orchestrator.aggregation import AGGREGATIONS, restrict
 from tierflow.orchestrator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, scenario_fingerprint
-from tierflow.orchestrator.clock import LinkRates, device_round_time, host_flops_per_s, round_time
+from tierflow.orchestrator.clock import build_cost_model, session_move_s, tier_speeds
 from tierflow.orchestrator.errors import TierflowError
 from tierflow.orchestrator.events import EventLog
 from tierflow.orchestrator.handover_policies import HANDOVER_POLICIES, MoveResult
-from tierflow.orchestrator.mobility import build_detector, build_mobility, session_move_s
+from tierflow.orchestrator.mobility import build_detector, build_mobility
+from tierflow.orchestrator.profiles import PROFILE_FILE, profile_digest, write_profile
 from tierflow.orchestrator.resources import ResourceModel
 from tierflow.orchestrator.rounds import round_policy_for
 from tierflow.orchestrator.scenario import CLOUD_EDGE, Scenario
 from tierflow.orchestrator.world import World, build_world
+from tierflow.placement.cost import Charge, makespan_s
+from tierflow.placement.profile import LayerProfile
 from tierflow.tiers.actors import CloudActor, DeviceHostActor, EdgeActor, actor_options
 from tierflow.tiers.aggregate import WeightedSum
 from tierflow.tiers.hosts import NOT_HOSTED, DeviceSetup, TrainReport
@@ -49,7 +52,8 @@ class RunOptions:
     metrics_addr: str | None = None
     event_sinks: tuple = ()  # extra callables that receive every event (tests, embedding programs)
     resume: bool = False  # continue from out_dir's last round-boundary checkpoint
-    node_seconds: dict | None = None  # a layer profile to plan with (planning.layer_graph); None: time it here
+    profile: LayerProfile | None = None  # the layer profile to charge (a comparison's); None: profile_path
+    profile_path: str | None = None  # a layer profile file; None: this host's cached profile (timed if missing)
 
 
 def init_ray(address: str | None) -> None:
@@ -97,15 +101,11 @@ class Orchestrator:
         self.lost_hosts: set[int] = set()  # device hosts that died or missed a deadline, until they answer
         self.round_failures = 0
         self.mobility_t = 0.0
-        self.graph = None
         self.measured_flops: dict[str, float] = {}
         self.observed: dict[str, tuple] = {}  # device -> (edge, planning.Observed), smoothed per round
-        self.host_speed = host_flops_per_s()
-        if scenario.policy.placement == "adaptive" or scenario.policy.rings != "off":
-            from tierflow.orchestrator.planning import layer_graph
-
-            # Rings predict round times with it too.
-            self.graph = layer_graph(scenario, self.shape, self.host_speed, options.node_seconds)
+        # One cost model prices the plan and charges the clock (orchestrator/clock.py).
+        self.cost, self.profile = build_cost_model(scenario, self.shape, options.profile, options.profile_path)
+        self.graph = self.cost.graph
         if scenario.policy.placement == "adaptive":
             from tierflow.orchestrator.planning import plan_all
 
@@ -113,6 +113,9 @@ class Orchestrator:
             self.splits = {d: p.key for d, p in self.plans.items()}
         self.devices = {d.name: d for d in scenario.devices}
         self.weights = {d.name: float(len(s)) for d, s in zip(scenario.devices, self.world.shards, strict=True)}
+        # Each device's batch: its sampler draws min(batch_size, shard) samples every step.
+        self.batch_of = {d.name: min(scenario.training.batch_size, len(s))
+                         for d, s in zip(scenario.devices, self.world.shards, strict=True)}
         self.factory = StageFactory(scenario.model.name, self.shape)
         self._param_bytes: dict[SplitKey, int] = {}
         self.eval_model = build_model(scenario.model.name, self.shape)
@@ -346,7 +349,8 @@ class Orchestrator:
             return MoveResult(False, 0, out["duration_s"], 0.0, error=out["error"])
         self.session_at[device_id] = dst
         ray.get(self.edges[src].close_session.remote(device_id))
-        return MoveResult(True, out["bytes"], out["duration_s"], session_move_s(self.scenario, src, dst, out))
+        moved = self.cost.session_bytes(self.splits[device_id], 1, self.scenario.training.optimizer)
+        return MoveResult(True, out["bytes"], out["duration_s"], session_move_s(self.scenario, src, dst, moved))
 
     def restart_session(self, device_id: str, src: str, dst: str) -> MoveResult:
         """The baseline: drop the session, start the device's period over at ``dst``."""
@@ -376,11 +380,12 @@ class Orchestrator:
             self.measured_flops[r.device_id] = measured if old is None else 0.5 * (old + measured)
 
     def observe(self) -> None:
-        """Each round: every device's speeds and links as observed now, smoothed (EWMA in log space).
+        """Each round: every device's speeds and links as observed now.
 
-        In emulated time they are the scenario's resources at the current virtual time (traces,
-        random processes); in real time the device's FLOP/s is what it measured (measure_speeds).
-        A device that changed edge starts its edge-side figures afresh.
+        In emulated time they are exactly the scenario's resources at the current virtual time
+        (traces, random processes); in real time the device's FLOP/s is what it measured
+        (measure_speeds), smoothed (EWMA in log space), and a device that changed edge starts its
+        edge-side figures afresh.
         """
         from tierflow.orchestrator.planning import Observed
 
@@ -391,7 +396,9 @@ class Orchestrator:
             now = Observed(flops or res.device_flops_per_s(d, t), res.device_bandwidth_bps(d, t),
                            res.edge_flops_per_s(edge, t), res.edge_cloud_bandwidth_bps(edge, t))
             old = self.observed.get(d)
-            self.observed[d] = (edge, now if old is None or old[0] != edge else old[1].smoothed(now))
+            # Emulated time knows the resources exactly; smoothing is for measured (noisy) figures.
+            exact = self.scenario.execution.time == "emulated"
+            self.observed[d] = (edge, now if exact or old is None or old[0] != edge else old[1].smoothed(now))
 
     def replan(self) -> None:
         """Adaptive placement (FedAdapt's idea, our exact planner): re-plan a device whose edge
@@ -458,8 +465,7 @@ class Orchestrator:
                           "observed": None if p.observed is None else list(astuple(p.observed))}
                       for d, p in getattr(self, "plans", {}).items()},
             "observed": {d: [edge, list(astuple(o))] for d, (edge, o) in self.observed.items()},
-            "node_seconds": None if self.graph is None else self.graph.graph.get("node_seconds"),
-            "plan_host_flops_per_s": None if self.graph is None else self.graph.graph.get("host_flops_per_s"),
+            "profile_digest": profile_digest(self.profile),
             "round_policy": self.round_policy.export_state(),
         }
         save_checkpoint(self.options.out_dir, Checkpoint(state, self.global_state, devices, sessions))
@@ -484,11 +490,9 @@ class Orchestrator:
                                         p["device_flops_per_s"], p["observed"] and Observed(*p["observed"]))
                           for d, p in st["plans"].items()}
         self.observed = {d: (edge, Observed(*o)) for d, (edge, o) in st["observed"].items()}
-        if st.get("node_seconds"):  # re-plan with the layer profile the interrupted run planned with
-            from tierflow.orchestrator.planning import layer_graph
-
-            self.graph = layer_graph(self.scenario, self.shape, float(st["plan_host_flops_per_s"]),
-                                     {n: (float(f), float(b)) for n, (f, b) in st["node_seconds"].items()})
+        if st.get("profile_digest") != profile_digest(self.profile):
+            raise TierflowError(f"{self.options.out_dir}: the layer profile differs from the one the interrupted run "
+                                f"charged; resume with --profile {self.options.out_dir / PROFILE_FILE}")
         self.round_policy.import_state(st["round_policy"])
         alive = set(st["edges"])
         if CLOUD_EDGE in alive:
@@ -611,11 +615,7 @@ class Orchestrator:
         return acc, loss
 
     def device_param_bytes(self, device_id: str) -> int:
-        key = self.splits[device_id]
-        if key not in self._param_bytes:  # building a stage copies a GraphModule: once per split
-            stage = self.factory.stage(key, 0)
-            self._param_bytes[key] = sum(t.numel() * t.element_size() for t in stage.module.state_dict().values())
-        return self._param_bytes[key]
+        return self.cost.device_param_bytes(self.splits[device_id])
 
     def healthy(self, reports: list[TrainReport]) -> set[str]:
         """Devices whose update may be aggregated; a non-finite one is a failure, logged by id."""
@@ -626,22 +626,35 @@ class Orchestrator:
                                "detail": "non-finite loss or weights; update left out of aggregation"})
         return {r.device_id for r in reports if r.finite}
 
+    def charges(self, reports: list[TrainReport], extra_s: dict[str, float] | None = None,
+                offset_s: float = 0.0) -> list[Charge]:
+        """What the cost model charges for the reports' work, every resource as it was at the start of
+        the work (``offset_s`` after the round began) and held for that period (orchestrator/resources.py)."""
+        t = self.virtual_time_s + offset_s
+        sc, extra = self.scenario, extra_s or {}
+        return [Charge(r.device_id, r.edge,
+                       self.cost.period(self.splits[r.device_id], r.steps, r.samples // r.steps,
+                                        tier_speeds(sc, self.resources, r.device_id, r.edge, t),
+                                        measured_compute_s=r.compute_s),
+                       extra.get(r.device_id, 0.0))
+                for r in reports if r.steps > 0]
+
     def round_clock(self, reports: list[TrainReport], extra_s: dict[str, float] | None = None,
                     offset_s: float = 0.0) -> float:
-        """Virtual seconds the reports' work took, with every resource as it was at the start of the
-        work (``offset_s`` after the round began) and held for that period (orchestrator/resources.py)."""
-        sc = self.scenario
-        t = self.virtual_time_s + offset_s
-        res = self.resources
-        times = []
-        for r in reports:
-            edge = r.edge or sc.edges[0].name
-            speeds = (res.device_flops_per_s(r.device_id, t), res.edge_flops_per_s(edge, t), sc.cloud.flops_per_s)
-            links = LinkRates(res.device_bandwidth_bps(r.device_id, t), res.edge_cloud_bandwidth_bps(edge, t))
-            times.append(device_round_time(r.device_id, r.edge, r.compute_s, speeds, r.bytes_up, r.bytes_down,
-                                           links, self.device_param_bytes(r.device_id), self.host_speed,
-                                           (extra_s or {}).get(r.device_id, 0.0)))
-        return round_time(times)
+        """Virtual seconds the reports' work took: the period's makespan under the cost model."""
+        return makespan_s(self.charges(reports, extra_s, offset_s))
+
+    def predicted_period_s(self) -> float:
+        """The period the cost model predicts now for every device that can train: its split, its full
+        ``local_steps`` and batch, at the resources of this moment. Equal to what the clock charges
+        when nothing unforeseen (a handover, a failure, a resource change) happens in the period."""
+        sc, t = self.scenario, self.virtual_time_s
+        steps = sc.training.local_steps
+        return makespan_s(
+            Charge(d, self.session_at[d],
+                   self.cost.period(self.splits[d], steps, self.batch_of[d],
+                                    tier_speeds(sc, self.resources, d, self.session_at[d], t)))
+            for d in self.devices if self.available(d))
 
     # ----- the run -----
     def run(self) -> dict:
@@ -656,6 +669,8 @@ class Orchestrator:
             sinks.append(exporter.observe)
         self.resume_from = None
         events_path = out / "events.jsonl"
+        if self.profile is not None:
+            write_profile(out, self.profile)  # the figures this run charges: reusable with --profile
         if self.options.resume:
             self.resume_from = load_checkpoint(out)
             if self.resume_from.state["scenario_fingerprint"] != scenario_fingerprint(self.scenario):
@@ -709,7 +724,9 @@ class Orchestrator:
             wall_prev = now
             self.virtual_time_s += virtual_round if sc.execution.time == "emulated" else wall_round
             event = self.round_event(rnd, reports, accuracy, loss, now - t_start,
-                                     virtual_round if sc.execution.time == "emulated" else wall_round, result.rings)
+                                     virtual_round if sc.execution.time == "emulated" else wall_round, result.rings,
+                                     result.compute_s)
+            event["predicted_s"], event["charged_s"] = result.predicted_s, event["duration_s"]
             log.emit(event)
             if sc.policy.placement == "adaptive":
                 self.measure_speeds(reports)
@@ -770,9 +787,10 @@ class Orchestrator:
         return f"{p.placement}+rings={p.rings}+{p.handover}+{self.aggregation.name}"
 
     def round_event(self, rnd: int, reports: list[TrainReport], accuracy: float, loss: float, wall_s: float,
-                    duration_s: float, rings: dict[str, list[str]] | None = None) -> dict:
+                    duration_s: float, rings: dict[str, list[str]] | None = None,
+                    charged_compute_s: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> dict:
         bytes_round = {link: {"up": 0, "down": 0} for link in LINKS}
-        compute = {"device": 0.0, "edge": 0.0, "cloud": 0.0}
+        wall_compute = {"device": 0.0, "edge": 0.0, "cloud": 0.0}  # what the steps took on this host
         samples, finite_samples, loss_sum = 0, 0, 0.0
         for r in reports:
             for k, link in enumerate(LINKS):
@@ -782,8 +800,8 @@ class Orchestrator:
             sync = self.device_param_bytes(r.device_id)
             bytes_round["device-edge"]["up"] += sync
             bytes_round["device-edge"]["down"] += sync
-            for k, tier in enumerate(compute):
-                compute[tier] += r.compute_s[k]
+            for k, tier in enumerate(wall_compute):
+                wall_compute[tier] += r.compute_s[k]
             samples += r.samples
             if r.finite:  # a poisoned device's loss is reported as a failure, not averaged in
                 loss_sum += r.loss_sum
@@ -803,7 +821,8 @@ class Orchestrator:
         return {
             "event": "round_end", "round": rnd, "wall_time_s": wall_s, "virtual_time_s": self.virtual_time_s,
             "duration_s": duration_s, "accuracy": accuracy, "loss": loss,
-            "train_loss": loss_sum / max(finite_samples, 1), "bytes": bytes_round, "compute_s": compute,
+            "train_loss": loss_sum / max(finite_samples, 1), "bytes": bytes_round,
+            "compute_s": dict(zip(wall_compute, charged_compute_s, strict=True)), "wall_compute_s": wall_compute,
             "devices_per_edge": per_edge, "devices_per_ring": {r: len(m) for r, m in (rings or {}).items()},
             "splits": {d: self.splits[d].counts() + [0] * (3 - self.splits[d].n_tiers) for d in sorted(self.splits)},
             "samples": samples, "failures": sum(1 for r in reports if not r.finite) + self.round_failures,

@@ -108,13 +108,14 @@ class PolicySpec:
     migration_timeout_s: float = 10.0
     step_timeout_s: float = 30.0  # a data-plane step unanswered this long fails that device's segment
     round_deadline_s: float | None = None  # wall seconds a device host may take per segment; None: no deadline
-    plan_costs: str = "measured"  # measured: per-layer seconds timed on this host | flops: FLOP counts
+    migration_pause_s: float = 0.05  # virtual seconds a moved session stands still (batch boundary, ACK)
 
 
 @dataclass(frozen=True)
 class ExecutionSpec:
     device_hosts: int = 2
     time: str = "emulated"  # emulated | real
+    compute: str = "profile"  # how emulated time prices compute: profile | flops | measured
 
 
 @dataclass(frozen=True)
@@ -281,13 +282,17 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path(".")) -> Scenar
         step_timeout_s=pol_f.number("step_timeout_s", 30.0, positive=True),
         round_deadline_s=pol_f.number("round_deadline_s", None, positive=True)
         if pol_f.get("round_deadline_s", None) is not None else None,
-        plan_costs=pol_f.string("plan_costs", "measured", choices=("measured", "flops")),
+        migration_pause_s=pol_f.number("migration_pause_s", 0.05, minimum=0.0),
     )
+    if pol_f.get("plan_costs", None) is not None:
+        pol_f.fail("plan_costs", "nothing: it is replaced by execution.compute (profile, flops or measured), "
+                   "which prices the plan and the clock alike", pol_f.get("plan_costs"))
     pol_f.reject_unknown()
     ex_f = top.sub("execution", {})
     execution = ExecutionSpec(
         device_hosts=ex_f.integer("device_hosts", 2, minimum=1),
         time=ex_f.string("time", "emulated", choices=("emulated", "real")),
+        compute=ex_f.string("compute", "profile", choices=("profile", "flops", "measured")),
     )
     ex_f.reject_unknown()
     resources = _resources(top.sub("resources", {}), base_dir, [d.name for d in devices], [e.name for e in edges])

@@ -1,33 +1,39 @@
-"""Cost model of one training batch split over ordered tiers (design §4.1).
+"""The cost model: what one training batch, and one device's period, cost over ordered tiers.
+
+This is the one place the project's time formula lives: the planner minimises it and the emulated
+clock charges it, so a prediction and a charge made from the same inputs are the same float.
 
 For an assignment x (node -> tier, 0 device, 1 edge, 2 cloud) the batch time is
 
     T(x) = Σ_v work_v / flops_per_s[x_v]
          + Σ_u Σ_{k: x_u < k <= max_{w ∈ succ(u)} x_w} 2 · 8 · bytes_u / bandwidth_bps[k-1]
-
+         + Σ_{k <= x_sink} 8 · label_bytes / bandwidth_bps[k-1]
          + Σ_{v: x_v = 0} 2 · 8 · param_bytes_v · syncs_per_round / steps_per_round / bandwidth_bps[0]
 
-(activation up, gradient down, bits = 8 · bytes; the last line is each batch's share of the
-round's model sync of the device-side layers, up and down the device link, charged with more
-than one tier). Here work and bytes are per batch: a layer graph's per-sample figures times
-``batch_size``. The sync term is unary (it depends on x_v alone), so one minimum cut still
-solves it exactly. Grouped by tier the same sum is
+(activation up, gradient down, bits = 8 · bytes; the labels travel up to the stage that computes
+the loss, the one holding the model's last node; the last line is each batch's share of the
+round's model sync of the device-side layers, up and down the device link). Work and bytes are per
+batch: a layer graph's per-sample figures times ``batch_size``. The label and sync terms are unary
+(they depend on one node's tier), so one minimum cut still solves it exactly. Grouped by tier the
+same sum is
 
     T(x) = Σ_k F_k / flops_per_s[k] + Σ_k A_k / bandwidth_bps[k-1]
 
 with F_k the work on tier k and A_k the bits over boundary k; :func:`features` returns
-(F_0.., A_1..), which is what the candidate set (§4.1b) stores. Every cost in the package is
-computed by :func:`time_from_features`, so equal assignments give bit-identical floats.
+(F_0.., A_1..), which is what the candidate set stores. Every batch cost in the package is computed
+by :func:`time_from_features`, so equal assignments give bit-identical floats; a period (what the
+clock charges) is :func:`period_cost`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import networkx as nx
-import numpy as np
+
+LABEL_BYTES = 8  # one int64 class label per sample, sent up with the activations
 
 
 @dataclass(frozen=True)
@@ -105,22 +111,18 @@ class CostGraph:
     # Bits per batch a node costs on the first link when it sits on the device: its share of the
     # round's model sync (parameters up, aggregate down). Empty: no sync (bare instances).
     sync_bits: tuple[float, ...] = ()
+    # Bits per batch a node costs on every link below its own tier (the labels, on the model's last
+    # node). Empty: none.
+    label_bits: tuple[float, ...] = ()
+    # Parameter and buffer bytes of each node: what one model sync moves for a device-side node.
+    param_bytes: tuple[float, ...] = ()
 
     @property
     def index(self) -> dict[str, int]:
         return {n: i for i, n in enumerate(self.names)}
 
-    def with_pins(self, lo: Sequence[int], hi: Sequence[int]) -> CostGraph:
-        return _replace(self, lo=tuple(lo), hi=tuple(hi))
-
     def is_chain(self) -> bool:
         return all(s == ((i + 1,) if i + 1 < len(self.names) else ()) for i, s in enumerate(self.succ))
-
-
-def _replace(cg: CostGraph, **kw: object) -> CostGraph:
-    from dataclasses import replace
-
-    return replace(cg, **kw)  # type: ignore[arg-type]
 
 
 def topological_names(graph: nx.DiGraph) -> list[str]:
@@ -144,6 +146,7 @@ def cost_graph(graph: nx.DiGraph, profile: Profile) -> CostGraph:
     lo = [int(graph.nodes[n].get("tier", 0)) for n in names]
     hi = [int(graph.nodes[n].get("tier", k - 1)) for n in names]
     compute = [i for i, n in enumerate(names) if n != source and graph.in_degree(n) > 0]
+    sink = graph.graph.get("sink")
     for i in [pos[source], *compute[: profile.private_layers]]:
         hi[i] = 0
         lo[i] = 0
@@ -167,20 +170,26 @@ def cost_graph(graph: nx.DiGraph, profile: Profile) -> CostGraph:
             16.0 * float(graph.nodes[n].get("param_bytes", 0.0)) * profile.syncs_per_round / profile.steps_per_round
             for n in names
         ) if k > 1 else (),
+        label_bits=tuple(8.0 * LABEL_BYTES * b if n == sink else 0.0 for n in names) if sink is not None else (),
+        param_bytes=tuple(float(graph.nodes[n].get("param_bytes", 0.0)) for n in names),
     )
 
 
-def features(cg: CostGraph, x: Sequence[int]) -> tuple[float, ...]:
+def features(cg: CostGraph, x: Sequence[int], with_sync: bool = True) -> tuple[float, ...]:
     """(F_0, …, F_{K-1}, A_1, …, A_{K-1}): work per tier and bits per boundary of assignment x.
 
-    A_1 includes the model sync of the device-side nodes (``sync_bits``), which crosses the first link.
+    A_1 includes the model sync of the device-side nodes (``sync_bits``), which crosses the first
+    link, unless ``with_sync`` is False (a period charges its sync once, not per batch).
     """
     k = cg.num_tiers
     f = [0.0] * (2 * k - 1)
     for i, xi in enumerate(x):
         f[xi] += cg.work_flops[i]
-        if xi == 0 and cg.sync_bits:
+        if xi == 0 and cg.sync_bits and with_sync:
             f[k] += cg.sync_bits[i]
+        if cg.label_bits and cg.label_bits[i]:
+            for boundary in range(1, xi + 1):
+                f[k + boundary - 1] += cg.label_bits[i]
         top = max((x[w] for w in cg.succ[i]), default=-1)
         for boundary in range(xi + 1, top + 1):
             f[k + boundary - 1] += cg.bits[i]
@@ -232,10 +241,6 @@ def device_memory_bytes(graph: nx.DiGraph, assignment: Mapping[str, int], profil
     return memory_of(cg, as_vector(cg, assignment))
 
 
-def fits_memory(graph: nx.DiGraph, assignment: Mapping[str, int], profile: Profile) -> bool:
-    return device_memory_bytes(graph, assignment, profile) <= profile.device_memory_bytes
-
-
 def device_param_bytes(graph: nx.DiGraph, assignment: Mapping[str, int]) -> float:
     return sum(float(graph.nodes[n].get("param_bytes", 0.0)) for n, t in assignment.items() if t == 0)
 
@@ -253,5 +258,62 @@ def round_time_s(graph: nx.DiGraph, assignment: Mapping[str, int], profile: Prof
     return profile.steps_per_round * batch_time_s(graph, assignment, profile)
 
 
-def features_matrix(cg: CostGraph, xs: Sequence[Sequence[int]]) -> np.ndarray:
-    return np.array([features(cg, x) for x in xs], dtype=float).reshape(len(xs), 2 * cg.num_tiers - 1)
+@dataclass(frozen=True)
+class PeriodCost:
+    """What one device's training period costs, in seconds: the emulated clock's charge and the
+    planner's prediction alike (the same function on the same inputs gives the same float)."""
+
+    compute_s: tuple[float, float, float]  # device, edge, cloud, each at that tier's full speed
+    transfer_s: float  # activations and labels up, gradients down, on every link the split uses
+    sync_s: float  # the device-side weights up and the aggregate back, once per period
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s[0] + self.compute_s[1] + self.compute_s[2] + self.transfer_s + self.sync_s
+
+
+def sync_bits(cg: CostGraph, x: Sequence[int]) -> float:
+    """Bits of one model sync: the device-side parameters up and the aggregate back."""
+    return 16.0 * sum(p for p, xi in zip(cg.param_bytes, x, strict=True) if xi == 0)
+
+
+def period_cost(cg: CostGraph, x: Sequence[int], speeds: TierSpeeds, steps: int, syncs: int = 1) -> PeriodCost:
+    """``steps`` batches of assignment x plus ``syncs`` model syncs, at ``speeds`` held throughout.
+
+    ``cg`` is priced at the period's batch size. Equal to ``steps`` times the planner's batch time
+    with its sync share (up to float rounding): the planner minimises what this charges.
+    """
+    f = features(cg, x, with_sync=False)
+    p = inverse_params(speeds)
+    k = cg.num_tiers
+    compute = [steps * f[t] * p[t] for t in range(k)] + [0.0] * (3 - k)
+    transfer = 0.0
+    for j in range(k, 2 * k - 1):
+        transfer += f[j] * p[j]
+    return PeriodCost((compute[0], compute[1], compute[2]), steps * transfer, syncs * sync_bits(cg, x) * p[k])
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One device's part of a period: where its server-side work ran, its cost, and any extra
+    seconds it spent (a session moved edge to edge)."""
+
+    device_id: str
+    edge: str | None
+    cost: PeriodCost
+    extra_s: float = 0.0
+
+    @property
+    def total_s(self) -> float:
+        return self.cost.total_s + self.extra_s
+
+
+def makespan_s(charges: Iterable[Charge]) -> float:
+    """A period lasts as long as its slowest device, or its busiest edge, or the cloud: servers are
+    shared, so an edge (and the one cloud) must do all its devices' work back to back."""
+    slowest, edge_busy, cloud_busy = 0.0, {}, 0.0
+    for c in sorted(charges, key=lambda c: c.device_id):  # sums in one order: equal inputs, equal floats
+        slowest = max(slowest, c.total_s)
+        edge_busy[c.edge] = edge_busy.get(c.edge, 0.0) + c.cost.compute_s[1]
+        cloud_busy += c.cost.compute_s[2]
+    return max(slowest, max(edge_busy.values(), default=0.0), cloud_busy)

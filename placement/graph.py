@@ -11,8 +11,7 @@ the whole model's forward and backward counts (tested).
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import networkx as nx
@@ -119,6 +118,10 @@ class _NodeRunner:
         return fwd, bwd
 
 
+def _output_node(gm: fx.GraphModule) -> fx.Node:
+    return next(n for n in gm.graph.nodes if n.op == "output")
+
+
 def _trace(model: nn.Module) -> fx.GraphModule:
     # A private copy: replaying BatchNorm nodes must not touch the caller's running statistics.
     gm = fx.symbolic_trace(copy.deepcopy(model))
@@ -152,10 +155,11 @@ def build_layer_graph(model: nn.Module, sample_shape: tuple[int, ...], batch_siz
             fwd_flops = _count_flops(fwd)
             bwd()
             bwd_flops = bwd.flops  # type: ignore[attr-defined]
-        param_bytes = 0
+        param_bytes = trainable_bytes = 0
         if node.op == "call_module":
             sub = gm.get_submodule(str(node.target))
-            param_bytes = sum(_nbytes(t) for t in list(sub.parameters()) + list(sub.buffers()))
+            trainable_bytes = sum(_nbytes(t) for t in sub.parameters())
+            param_bytes = trainable_bytes + sum(_nbytes(t) for t in sub.buffers())
         elif node.op == "get_attr":
             param_bytes = _nbytes(runner.env[node.name])
         graph.add_node(
@@ -164,6 +168,7 @@ def build_layer_graph(model: nn.Module, sample_shape: tuple[int, ...], batch_siz
             bwd_flops=bwd_flops / batch_size,
             activation_bytes=_nbytes(runner.env[node.name]) / batch_size,
             param_bytes=param_bytes,
+            trainable_bytes=trainable_bytes,
             order=order,
             op=node.op,
         )
@@ -172,6 +177,9 @@ def build_layer_graph(model: nn.Module, sample_shape: tuple[int, ...], batch_siz
             graph.add_edge(inp.name, node.name)
     assert source is not None, "the model has no input"
     graph.graph["source"] = source
+    returned = [a for a in _output_node(gm).all_input_nodes]
+    if len(returned) == 1:  # the loss is computed where the model's last node runs: labels go there
+        graph.graph["sink"] = returned[0].name
     graph.graph["batch_size_traced"] = batch_size
     return graph
 
@@ -189,41 +197,48 @@ def model_flops(model: nn.Module, sample_shape: tuple[int, ...], batch_size: int
     return fwd_mode.get_total_flops() / batch_size, bwd_mode.get_total_flops() / batch_size
 
 
-def profile_seconds(
-    model: nn.Module, sample_shape: tuple[int, ...], batch_size: int = 8, repeats: int = 5
-) -> dict[str, tuple[float, float]]:
-    """Host seconds per sample (forward, backward) for each node: median of ``repeats`` timings.
+class NodeTimer:
+    """Thunks that run each fx node alone, forward and backward, for timing (placement/profile.py).
 
-    Use it where FLOPs mislead (memory-bound ops): see :func:`attach_profile`.
+    The backward thunk runs autograd through the node on a graph built once and kept, so it times
+    the backward alone; inputs need a gradient exactly where they did in the whole model.
     """
-    gm = _trace(model)
-    sample = torch.randn(batch_size, *sample_shape)
-    runner = _NodeRunner(gm, sample)
-    result: dict[str, tuple[float, float]] = {}
-    for node in gm.graph.nodes:
-        if node.op in ("placeholder", "output"):
+
+    def __init__(self, model: nn.Module, sample_shape: tuple[int, ...], batch_size: int):
+        self.gm = _trace(model)
+        torch.manual_seed(0)
+        self.runner = _NodeRunner(self.gm, torch.randn(batch_size, *sample_shape))
+
+    def thunks(self) -> Iterator[tuple[str, Callable[[], Any] | None, Callable[[], Any] | None]]:
+        for node in self.gm.graph.nodes:
+            if node.op == "output":
+                continue
             if node.op == "placeholder":
-                result[node.name] = (0.0, 0.0)
-            continue
-        fwd_times, bwd_times = [], []
-        for _ in range(repeats):
-            fwd, bwd = runner.forward_backward(node)
-            t0 = time.perf_counter()
-            fwd()
-            t1 = time.perf_counter()
-            bwd()
-            t2 = time.perf_counter()
-            fwd_times.append(t1 - t0)
-            # bwd() re-runs the forward to build the autograd graph; subtract one forward.
-            bwd_times.append(max(0.0, (t2 - t1) - (t1 - t0)))
-        fwd_times.sort()
-        bwd_times.sort()
-        result[node.name] = (fwd_times[repeats // 2] / batch_size, bwd_times[repeats // 2] / batch_size)
-    return result
+                yield node.name, None, None
+                continue
+            runner = self.runner
+            args, kwargs, leaves = runner._fresh_inputs(node)
+            params = ([p for p in self.gm.get_submodule(str(node.target)).parameters() if p.requires_grad]
+                      if node.op == "call_module" else [])
+
+            def forward(node=node, args=args, kwargs=kwargs, runner=runner) -> Any:
+                with torch.no_grad():
+                    return runner._call(node, args, kwargs)
+
+            outs = [t for t in _tensors(runner._call(node, args, kwargs)) if t.requires_grad]
+            wrt = leaves + params
+            backward = None
+            if outs and wrt:
+                grads = [torch.ones_like(t) for t in outs]
+
+                def backward(outs=outs, wrt=wrt, grads=grads) -> Any:
+                    return torch.autograd.grad(outs, wrt, grads, retain_graph=True, allow_unused=True)
+
+            yield node.name, forward, backward
 
 
 def attach_profile(graph: nx.DiGraph, seconds: dict[str, tuple[float, float]], host_flops_per_s: float) -> nx.DiGraph:
-    """Copy of ``graph`` whose FLOPs are measured host seconds × ``host_flops_per_s``.
+    """Copy of ``graph`` whose FLOPs are timed host seconds per sample × ``host_flops_per_s``.
 
     Measured time becomes "effective FLOPs" at the host's nominal speed, so every tier speed stays
     a FLOP/s figure and the cost model and partitioner need no second code path. Also stores

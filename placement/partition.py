@@ -88,6 +88,9 @@ def _unit_costs(cg: CostGraph, speeds: TierSpeeds, extra_edge_weight: float = 0.
         row = [w / s[k] for k in range(cg.num_tiers)]
         if cg.sync_bits:  # the device-side share of the model sync, on the first link
             row[0] += cg.sync_bits[v] / speeds.bandwidth_bps[0]
+        if cg.label_bits and cg.label_bits[v]:  # the labels ride up to this node's tier
+            for k in range(1, cg.num_tiers):
+                row[k] += sum(cg.label_bits[v] / speeds.bandwidth_bps[j] for j in range(k))
         if extra_edge_weight and cg.num_tiers > 1:
             row[1] += extra_edge_weight * w
         out.append(row)

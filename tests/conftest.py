@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
+
+# Layer profiles are cached per host: one cache for the whole session (and the CLI runs it starts),
+# apart from the user's own, so the tests neither depend on it nor write into it.
+os.environ.setdefault("TIERFLOW_CACHE_DIR", tempfile.mkdtemp(prefix="tierflow-test-cache-"))
 
 
 @pytest.fixture(scope="session")

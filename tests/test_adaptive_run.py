@@ -7,7 +7,8 @@ import json
 import pytest
 from test_migration_run import TRACE
 
-from tierflow.orchestrator.planning import layer_graph, plan_all
+from tierflow.orchestrator.clock import build_cost_model
+from tierflow.orchestrator.planning import plan_all
 from tierflow.orchestrator.runner import RunOptions, run_scenario
 from tierflow.orchestrator.scenario import parse_scenario
 from tierflow.orchestrator.world import load_dataset
@@ -30,7 +31,7 @@ def test_adaptive_placement_trains_the_planned_splits_and_replans_on_handover(ra
         "mobility": {"model": "trace", "trace": str(trace), "round_duration_s": 100, "check_every_steps": 2},
         "policy": {"placement": "adaptive"},
     }, "adaptive.yaml")
-    plans = plan_all(sc, layer_graph(sc, load_dataset(sc).shape), {"d0": "e0", "d1": "e0"})
+    plans = plan_all(sc, build_cost_model(sc, load_dataset(sc).shape)[0].graph, {"d0": "e0", "d1": "e0"})
     summary = run_scenario(sc, RunOptions(out_dir=tmp_path / "out", progress=False))
     events = [json.loads(x) for x in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
     first = next(e for e in events if e["event"] == "round_end")

@@ -22,8 +22,10 @@ from tierflow.orchestrator.compare import (
     to_json,
 )
 from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.profiles import profile_digest
 from tierflow.orchestrator.scenario import load_scenario, parse_scenario
 from tierflow.orchestrator.world import build_world
+from tierflow.placement.profile import LayerProfile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -207,9 +209,11 @@ def test_a_small_comparison_writes_its_table_json_and_plot(ray_session, tmp_path
     assert {k: v for k, v in by["adaptive+rings+migrate"].items() if k not in ("variant", "same_as")} == \
            {k: v for k, v in by["adaptive+rings"].items() if k not in ("variant", "same_as")}
     assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # Every planned variant priced the layers with the one profile timed for the comparison.
-    profile = json.loads((tmp_path / "layer_profile.json").read_text())["node_seconds"]
+    # Every variant charged (and planned with) the one profile timed for the comparison.
+    profile = (tmp_path / "layer_profile.json").read_text()
+    for name in names:
+        assert (tmp_path / name / "layer_profile.json").read_text() == profile
     ring_state = json.loads((tmp_path / "adaptive+rings" / "checkpoint" / "state.json").read_text())["state"]
-    assert ring_state["node_seconds"] == profile
+    assert ring_state["profile_digest"] == profile_digest(LayerProfile.from_json(profile))
     md = (tmp_path / "compare.md").read_text()
     assert all(f"| {n} |" in md for n in names) and "- device-only / adaptive: n/a (adaptive was not run)" in md

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,7 +12,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_installs_only_the_tierflow_namespace(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT),
+    # Build from a copy: setuptools leaves a build/ folder in the tree it builds.
+    source = tmp_path / "src"
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in tracked.stdout.split():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source),
                     "-w", str(tmp_path)], check=True, capture_output=True, timeout=300)
     (wheel,) = tmp_path.glob("tierflow-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -25,6 +32,7 @@ def test_the_wheel_installs_only_the_tierflow_namespace(tmp_path):
 
 
 def test_no_source_edits_sys_path():
-    offenders = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py")
-                 if ".venv" not in p.parts and "sys.path" in p.read_text() and p.name != "test_packaging.py"]
+    tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True)
+    offenders = [name for name in tracked.stdout.split() if name != "tests/test_packaging.py"
+                 and "sys.path" in (ROOT / name).read_text()]
     assert offenders == []

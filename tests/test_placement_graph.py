@@ -5,15 +5,16 @@ from __future__ import annotations
 import math
 
 from tierflow.placement.cost import Profile, TierSpeeds, batch_time_s
-from tierflow.placement.graph import attach_profile, build_layer_graph, profile_seconds
+from tierflow.placement.graph import attach_profile, build_layer_graph
 from tierflow.placement.partition import partition
+from tierflow.placement.profile import time_layers
 from tierflow.tiers.models import InputShape, build_model
 
 
-def test_profile_seconds_feeds_the_partitioner():
+def test_a_timed_profile_feeds_the_partitioner():
     model = build_model("mlp", InputShape(1, 8, 8, 10))
     graph = build_layer_graph(model, (1, 8, 8), batch_size=4)
-    seconds = profile_seconds(model, (1, 8, 8), batch_size=4, repeats=3)
+    seconds = time_layers(model, "mlp", (1, 8, 8, 10), batch_size=4, repeats=3).per_sample_seconds()
     assert set(seconds) == set(graph.nodes)
     assert all(f >= 0 and b >= 0 for f, b in seconds.values())
     assert seconds["fc1"][0] > 0

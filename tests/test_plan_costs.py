@@ -1,88 +1,113 @@
-"""The planner prices layers in the units the emulated clock charges (policy.plan_costs)."""
+"""One layer profile prices the plan and the clock (execution.compute), and it is data."""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tierflow.orchestrator.planning import layer_graph, plan_device, profile_for
+from tierflow.orchestrator.clock import build_cost_model
+from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.planning import plan_device, profile_for
 from tierflow.orchestrator.runner import Orchestrator, RunOptions
 from tierflow.orchestrator.scenario import load_scenario
 from tierflow.placement.cost import batch_time_s
+from tierflow.placement.profile import LayerProfile, LayerTiming
 from tierflow.tiers.models import InputShape
 
 HERE = Path(__file__).parent
 SHAPE = InputShape(1, 8, 8, 10)  # digits
 
 
-def _scenario(tmp_path: Path, **policy):
+def _scenario(tmp_path: Path, **execution):
     data = yaml.safe_load((HERE / "good_scenario.yaml").read_text())
     data.pop("split")
-    data["policy"] = {"placement": "adaptive", **policy}
+    data["policy"] = {"placement": "adaptive"}
+    data["execution"] = {**data.get("execution", {}), **execution}
     path = tmp_path / "costs.yaml"
     path.write_text(yaml.safe_dump(data))
     return load_scenario(path)
 
 
-def _synthetic_seconds(scenario) -> dict[str, tuple[float, float]]:
-    flops_graph = layer_graph(replace(scenario, policy=replace(scenario.policy, plan_costs="flops")), SHAPE)
-    return {n: (1e-6 * (i + 1), 2e-6 * (i + 1)) for i, n in enumerate(flops_graph.nodes)}
+def _synthetic(scenario, host_flops_per_s: float = 1e10) -> LayerProfile:
+    flops = build_cost_model(replace(scenario, execution=replace(scenario.execution, compute="flops")), SHAPE)[0]
+    layers = {n: LayerTiming(1e-6 * (i + 1), 2e-6 * (i + 1)) for i, n in enumerate(flops.graph.nodes)}
+    return LayerProfile(scenario.model.name, (1, 8, 8, 10), scenario.training.batch_size, host_flops_per_s, layers)
 
 
-def test_measured_costs_are_timed_seconds_times_the_host_speed(tmp_path):
+def test_profile_costs_are_timed_seconds_times_the_host_speed(tmp_path):
     sc = _scenario(tmp_path)
-    seconds = _synthetic_seconds(sc)
-    graph = layer_graph(sc, SHAPE, host_flops_per_s=1e10, node_seconds=seconds)
-    for n, (fwd_s, bwd_s) in seconds.items():
-        assert graph.nodes[n]["fwd_flops"] == pytest.approx(fwd_s * 1e10, rel=1e-12)
-        assert graph.nodes[n]["bwd_flops"] == pytest.approx(bwd_s * 1e10, rel=1e-12)
-    assert graph.graph["node_seconds"] == seconds and graph.graph["host_flops_per_s"] == 1e10
-    # Priced this way, a device-only batch is predicted to take exactly what the clock would charge
-    # for those measured seconds on a 1 GFLOP/s device: seconds x host / device (sync left out here).
+    given = _synthetic(sc)
+    cost, profile = build_cost_model(sc, SHAPE, profile=given)
+    assert profile is given and cost.host_flops_per_s == 1e10
+    b = sc.training.batch_size
+    for n, t in given.layers.items():
+        assert cost.graph.nodes[n]["fwd_flops"] == pytest.approx(t.forward_s / b * 1e10, rel=1e-12)
+        assert cost.graph.nodes[n]["bwd_flops"] == pytest.approx(t.backward_s / b * 1e10, rel=1e-12)
+    # Priced this way, a device-only batch is predicted to take exactly what the clock charges for
+    # those seconds on a 1 GFLOP/s device: seconds x host / device (sync left out here).
     device = sc.devices[0]
-    profile = replace(profile_for(sc, device, device.edge), syncs_per_round=0)
-    local = {n: 0 for n in graph.nodes}
-    expected = sum(f + b for f, b in seconds.values()) * sc.training.batch_size * 1e10 / device.flops_per_s
-    assert batch_time_s(graph, local, profile) == pytest.approx(expected, rel=1e-12)
-    plan_device(sc, graph, device, device.edge)  # and the planner accepts the priced graph
+    plan_profile = replace(profile_for(sc, device, device.edge), syncs_per_round=0)
+    local = {n: 0 for n in cost.graph.nodes}
+    expected = sum(t.forward_s + t.backward_s for t in given.layers.values()) * 1e10 / device.flops_per_s
+    assert batch_time_s(cost.graph, local, plan_profile) == pytest.approx(expected, rel=1e-12)
+    plan_device(sc, cost.graph, device, device.edge)  # and the planner accepts the priced graph
 
 
 def test_flop_costs_keep_the_counted_flops(tmp_path):
-    sc = _scenario(tmp_path, plan_costs="flops")
-    graph = layer_graph(sc, SHAPE, host_flops_per_s=1e10, node_seconds=_synthetic_seconds(sc))
-    assert graph.nodes["relu1"]["fwd_flops"] == 0  # an elementwise op counts no FLOPs ...
-    assert graph.nodes["conv1"]["fwd_flops"] > 0
-    assert "node_seconds" not in graph.graph
+    cost, profile = build_cost_model(_scenario(tmp_path, compute="flops"), SHAPE)
+    assert profile is None and cost.host_flops_per_s is None
+    assert cost.graph.nodes["relu1"]["fwd_flops"] == 0  # an elementwise op counts no FLOPs ...
+    assert cost.graph.nodes["conv1"]["fwd_flops"] > 0
 
 
-def test_timing_this_host_sees_what_flop_counts_miss(tmp_path):
-    graph = layer_graph(_scenario(tmp_path), SHAPE)
-    assert graph.nodes["relu1"]["fwd_flops"] > 0  # ... but it takes time, and the clock charges time
-    assert set(graph.graph["node_seconds"]) == set(graph.nodes)
-
-
-def test_a_profile_missing_layers_is_refused_by_name(tmp_path):
+def test_timing_this_host_sees_what_flop_counts_miss_and_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIERFLOW_CACHE_DIR", str(tmp_path / "cache"))
     sc = _scenario(tmp_path)
-    seconds = _synthetic_seconds(sc)
-    del seconds["conv2"]
-    with pytest.raises(ValueError, match="conv2"):
-        layer_graph(sc, SHAPE, host_flops_per_s=1e10, node_seconds=seconds)
+    cost, profile = build_cost_model(sc, SHAPE)
+    assert cost.graph.nodes["relu1"]["fwd_flops"] > 0  # ... but it takes time, and the clock charges time
+    assert set(profile.layers) == set(cost.graph.nodes) and profile.batch_size == sc.training.batch_size
+    assert profile.repeats >= 9 and math.isfinite(profile.spread) and profile.host
+    (cached,) = (tmp_path / "cache").glob("*.json")
+    again = build_cost_model(sc, SHAPE)[1]
+    assert again == profile  # a second run on this host charges the same figures, untold
+    assert LayerProfile.from_json(cached.read_text()) == profile
 
 
-def test_a_resumed_run_plans_with_the_profile_it_started_with(ray_session, tmp_path):
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["layers"].pop("conv2"), r"layers\.conv2: missing"),
+    (lambda d: d["layers"]["conv1"].update(forward_s=float("nan")), r"layers\.conv1\.forward_s: expected a non-neg"),
+    (lambda d: d["layers"]["fc1"].update(backward_s=-1.0), r"layers\.fc1\.backward_s: expected a non-negative"),
+    (lambda d: d.update(model="mlp"), r"model: the profile is of 'mlp', the scenario trains 'vgg5'"),
+    (lambda d: d.update(batch_size=3), r"batch_size: the profile was timed at batch 3"),
+    (lambda d: d["layers"].update(extra={"forward_s": 1, "backward_s": 1}), r"layers\.extra: not a layer of 'vgg5'"),
+    (lambda d: d.update(format="other"), r"format: expected 'tierflow-layer-profile/1'"),
+])
+def test_a_bad_profile_file_is_refused_naming_the_file_and_the_layer(tmp_path, edit, message):
     sc = _scenario(tmp_path)
-    seconds = _synthetic_seconds(sc)
+    doc = json.loads(_synthetic(sc).to_json())
+    edit(doc)
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(TierflowError, match=f"^{path}: {message}"):
+        build_cost_model(sc, SHAPE, profile_path=path)
+
+
+def test_a_resumed_run_charges_the_profile_it_started_with(ray_session, tmp_path):
+    sc = _scenario(tmp_path)
+    given = _synthetic(sc)
     out = tmp_path / "run"
-    first = Orchestrator(sc, RunOptions(out_dir=out, progress=False, node_seconds=seconds))
+    first = Orchestrator(sc, RunOptions(out_dir=out, progress=False, profile=given))
     first.run()
-    state = json.loads((out / "checkpoint" / "state.json").read_text())["state"]
-    assert {n: tuple(v) for n, v in state["node_seconds"].items()} == seconds
-    resumed = Orchestrator(sc, RunOptions(out_dir=out, progress=False, resume=True))
-    assert resumed.graph.graph["node_seconds"] != seconds  # it timed this host afresh ...
+    written = out / "layer_profile.json"
+    assert LayerProfile.from_json(written.read_text()) == given
+    resumed = Orchestrator(sc, RunOptions(out_dir=out, progress=False, resume=True, profile_path=str(written)))
+    assert resumed.profile == given
     resumed.run()
-    assert resumed.graph.graph["node_seconds"] == seconds  # ... and the checkpoint put the run's profile back
-    assert resumed.graph.graph["host_flops_per_s"] == first.graph.graph["host_flops_per_s"]
+    other = replace(given, host_flops_per_s=2e10)
+    with pytest.raises(TierflowError, match="the layer profile differs from the one the interrupted run charged"):
+        Orchestrator(sc, RunOptions(out_dir=out, progress=False, resume=True, profile=other)).run()

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tierflow.orchestrator.planning import Observed, layer_graph, plan_device, switch_pays
+from tierflow.orchestrator.clock import build_cost_model
+from tierflow.orchestrator.planning import Observed, plan_device, switch_pays
 from tierflow.orchestrator.runner import RunOptions, run_scenario
 from tierflow.orchestrator.scenario import parse_scenario
 from tierflow.orchestrator.world import load_dataset
@@ -31,7 +32,7 @@ def test_a_device_slowed_by_the_trace_is_replanned_and_offloads(ray_session, tmp
     (tmp_path / "res.csv").write_text("time_s,entity,flops_per_s,bandwidth_bps\n0.000001,d0,1e8,\n")
     sc = parse_scenario({**SCENARIO, "resources": {"trace": "res.csv"}}, str(tmp_path / "s.yaml"),
                         base_dir=tmp_path)
-    graph = layer_graph(sc, load_dataset(sc).shape)
+    graph = build_cost_model(sc, load_dataset(sc).shape)[0].graph
     before = plan_device(sc, graph, sc.devices[0], "e0")
     slow = Observed(1e8, 100e6, 1e12, 1000e6)
     after = plan_device(sc, graph, sc.devices[0], "e0", observed=slow)
@@ -50,7 +51,7 @@ def test_a_device_slowed_by_the_trace_is_replanned_and_offloads(ray_session, tmp
 
 def test_switching_does_not_pay_for_a_negligible_gain(ray_session):
     sc = parse_scenario(SCENARIO, "s.yaml")
-    graph = layer_graph(sc, load_dataset(sc).shape)
+    graph = build_cost_model(sc, load_dataset(sc).shape)[0].graph
     plan = plan_device(sc, graph, sc.devices[0], "e0")
     same = plan_device(sc, graph, sc.devices[0], "e0", observed=plan.observed)
     assert not switch_pays(sc, graph, sc.devices[0], "e0", plan.key, same, plan.observed)
