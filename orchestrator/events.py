@@ -9,6 +9,9 @@ from typing import Any
 
 Event = dict[str, Any]
 
+# Fields that measure this host's wall clock: the only ones two identical emulated runs may differ in.
+WALL_CLOCK_FIELDS = frozenset({"wall_time_s", "wall_duration_s", "wall_compute_s"})
+
 
 class EventLog:
     def __init__(self, path: Path, sinks: list[Callable[[Event], None]] | None = None):

@@ -4,12 +4,13 @@ The orchestrator writes each event to the run's ``events.jsonl`` and hands the s
 :meth:`MetricsExporter.observe`. Event kinds (keys always present unless noted)::
 
     run_start  wall_time_s virtual_time_s time_mode scenario devices edges policy
-    round_end  round wall_time_s virtual_time_s duration_s accuracy loss train_loss
-               bytes{link:{up,down}} compute_s{tier} devices_per_edge devices_per_ring
+    round_end  round wall_time_s virtual_time_s duration_s predicted_s charged_s accuracy loss
+               train_loss bytes{link:{up,down}} compute_s{tier} wall_compute_s{tier} devices_per_edge
+               devices_per_ring
                splits{device:[n_dev,n_edge,n_cloud]} samples failures
     handover   round virtual_time_s device from_edge to_edge
-    migration  round virtual_time_s device from_edge to_edge policy bytes duration_s ok
-    ring_pass  round virtual_time_s ring device from_edge to_edge bytes duration_s ok
+    migration  round virtual_time_s device from_edge to_edge policy bytes wall_duration_s charged_s ok
+    ring_pass  round virtual_time_s ring device from_edge to_edge bytes wall_duration_s charged_s ok
     failure    round virtual_time_s kind entity detail
     replan     round virtual_time_s changed
     run_end    wall_time_s virtual_time_s final_accuracy rounds
@@ -358,7 +359,7 @@ class MetricsExporter:
     def _migration(self, e: Mapping) -> None:
         policy = str(e["policy"])
         ok = "true" if e["ok"] else "false"
-        n_bytes, duration = int(e["bytes"]), float(e["duration_s"])
+        n_bytes, duration = int(e["bytes"]), float(e["wall_duration_s"])
         self.migrations.labels(policy=policy, ok=ok).inc()
         self.migration_bytes.labels(policy=policy).inc(n_bytes)
         self.migration_duration.labels(policy=policy).observe(duration)

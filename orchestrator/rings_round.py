@@ -490,9 +490,10 @@ class RingRounds:
             outs = ray.get([self._move(orch, x, dst) for _, x, _, dst in wave])
             closes = []
             for (m, x, src, dst), out in zip(wave, outs, strict=True):
+                charged = self.pass_s_between(orch, src, dst, x.ring.key) if out["ok"] else 0.0
                 orch.log.emit({"event": "ring_pass", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
                                "ring": x.rid, "device": m, "from_edge": src, "to_edge": dst, "bytes": out["bytes"],
-                               "duration_s": out["duration_s"], "ok": out["ok"]})
+                               "wall_duration_s": out["duration_s"], "ok": out["ok"], "charged_s": charged})
                 if not out["ok"]:
                     orch.log.emit({"event": "failure", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
                                    "kind": "ring_pass", "entity": dst, "detail": f"{x.rid}: {out['error']}"})
@@ -501,7 +502,7 @@ class RingRounds:
                     continue
                 closes.append(orch.edges[src].close_session.remote(x.rid))
                 x.at = dst
-                x.clock_s += self.pass_s_between(orch, src, dst, x.ring.key)
+                x.clock_s += charged
                 orch.counters["ring_passes"] = orch.counters.get("ring_passes", 0) + 1
                 orch.counters["ring_pass_bytes"] = orch.counters.get("ring_pass_bytes", 0) + out["bytes"]
                 orch.counters["ring_pass_time_s"] = orch.counters.get("ring_pass_time_s", 0.0) + out["duration_s"]
@@ -578,9 +579,11 @@ class RingRounds:
         src = x.at
         if orch.scenario.policy.handover == "migrate":
             out = ray.get(self._move(orch, x, dst))
+            charged = self.pass_s_between(orch, src, dst, x.ring.key) if out["ok"] else 0.0
             orch.log.emit({"event": "migration", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
                            "device": device, "ring": x.rid, "from_edge": src, "to_edge": dst, "policy": "migrate",
-                           "bytes": out["bytes"], "duration_s": out["duration_s"], "ok": out["ok"]})
+                           "bytes": out["bytes"], "wall_duration_s": out["duration_s"], "ok": out["ok"],
+                           "charged_s": charged})
             if not out["ok"]:  # the session stays at src; the next pass moves it on
                 orch.counters["failed_migrations"] += 1
                 orch.log.emit({"event": "failure", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
@@ -588,7 +591,7 @@ class RingRounds:
                 return
             ray.get(orch.edges[src].close_session.remote(x.rid))
             x.at = dst
-            x.clock_s += self.pass_s_between(orch, src, dst, x.ring.key)
+            x.clock_s += charged
             orch.counters["migrations"] += 1
             orch.counters["migration_bytes"] += out["bytes"]
             orch.counters["migration_time_s"] += out["duration_s"]
@@ -601,4 +604,4 @@ class RingRounds:
         orch.counters["restarts"] += 1
         orch.log.emit({"event": "migration", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
                        "device": device, "ring": x.rid, "from_edge": src, "to_edge": dst, "policy": "restart",
-                       "bytes": 0, "duration_s": 0.0, "ok": True})
+                       "bytes": 0, "wall_duration_s": 0.0, "ok": True, "charged_s": 0.0})

@@ -318,7 +318,8 @@ class Orchestrator:
         result = self.handover.move(self, d, src, h.to_edge)
         self.log.emit({"event": "migration", "round": self.round, "virtual_time_s": self.virtual_time_s,
                        "device": d, "from_edge": src, "to_edge": h.to_edge, "policy": self.handover.name,
-                       "bytes": result.bytes_, "duration_s": result.duration_s, "ok": result.ok})
+                       "bytes": result.bytes_, "wall_duration_s": result.duration_s, "ok": result.ok,
+                       "charged_s": result.virtual_s})
         if result.ok:
             extra_s[d] = extra_s.get(d, 0.0) + result.virtual_s
             if result.restarted:

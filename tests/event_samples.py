@@ -71,7 +71,8 @@ def sample_events(
             events.append(
                 {"event": "migration", "round": r, "virtual_time_s": mid + 0.4, "device": mover,
                  "from_edge": src, "to_edge": dst, "policy": migration_policy,
-                 "bytes": 4_000_000 + 100_000 * r, "duration_s": 0.05 + 0.01 * r, "ok": ok}
+                 "bytes": 4_000_000 + 100_000 * r, "wall_duration_s": 0.05 + 0.01 * r, "ok": ok,
+                 "charged_s": 0.1 if ok else 0.0}
             )
             if not ok:
                 events.append(
@@ -84,7 +85,8 @@ def sample_events(
             events.append(
                 {"event": "ring_pass", "round": r, "virtual_time_s": mid - 0.3, "ring": "ring:0",
                  "device": device_ids[0], "from_edge": edges[0], "to_edge": edges[1],
-                 "bytes": 2_000_000 + 10_000 * r, "duration_s": 0.02, "ok": ok}
+                 "bytes": 2_000_000 + 10_000 * r, "wall_duration_s": 0.02, "ok": ok,
+                 "charged_s": 0.07 if ok else 0.0}
             )
             if not ok:
                 events.append(

@@ -1,0 +1,93 @@
+"""Emulated time is exact: the same question gets the same answer, and predictions equal charges."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tierflow.orchestrator.events import WALL_CLOCK_FIELDS, read_events
+from tierflow.orchestrator.runner import RunOptions, run_scenario
+from tierflow.orchestrator.scenario import load_scenario
+
+HERE = Path(__file__).parent
+CITY = HERE / "moving_city.yaml"
+
+
+def _without_wall_clock(event: dict) -> dict:
+    return {k: v for k, v in event.items() if k not in WALL_CLOCK_FIELDS}
+
+
+def _tierflow_run(scenario: Path, out: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "tierflow.orchestrator.cli", "run", str(scenario), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_runs_of_a_moving_city_agree_to_the_bit(tmp_path):
+    """Two separate `tierflow run` processes, no flags: the same virtual time everywhere, the same
+    events but for wall-clock fields (mobility follows the virtual clock here, so any noise in it
+    would change the handovers, and with them the training)."""
+    first = _tierflow_run(CITY, tmp_path / "a")
+    second = _tierflow_run(CITY, tmp_path / "b")
+    assert first["virtual_time_s"] == second["virtual_time_s"]
+    assert first["final_accuracy"] == second["final_accuracy"]
+    a, b = read_events(tmp_path / "a" / "events.jsonl"), read_events(tmp_path / "b" / "events.jsonl")
+    assert [_without_wall_clock(e) for e in a] == [_without_wall_clock(e) for e in b]
+    kinds = {e["event"] for e in a}
+    assert {"handover", "migration", "round_end"} <= kinds  # the scenario really moves
+    assert any(e["event"] == "round_end" and 3 in [len(s) - s.count(0) for s in e["splits"].values()] for e in a)
+    assert (tmp_path / "a" / "layer_profile.json").read_text() == (tmp_path / "b" / "layer_profile.json").read_text()
+
+
+def _static(tmp_path: Path, **policy) -> Path:
+    """The moving city with nobody moving and constant resources: nothing the planner cannot know."""
+    doc = yaml.safe_load(CITY.read_text())
+    doc.pop("resources")
+    doc["mobility"] = {"model": "static"}
+    doc["policy"] = policy
+    doc["training"]["rounds"] = 3
+    path = tmp_path / f"static-{'-'.join(f'{k}{v}' for k, v in policy.items()) or 'fixed'}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("policy", [{}, {"placement": "adaptive"}, {"placement": "adaptive", "rings": 2}])
+def test_predicted_equals_charged_when_nothing_unforeseen_happens(ray_session, tmp_path, policy):
+    sc = load_scenario(_static(tmp_path, **policy))
+    run_scenario(sc, RunOptions(out_dir=tmp_path / "run", progress=False))
+    rounds = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["event"] == "round_end"]
+    assert len(rounds) == 3
+    for e in rounds:
+        assert e["charged_s"] == e["duration_s"] > 0
+        assert math.isclose(e["predicted_s"], e["charged_s"], rel_tol=1e-9), e["round"]
+
+
+@pytest.mark.ray
+def test_only_rounds_with_a_handover_charge_more_than_predicted(ray_session, tmp_path):
+    """Moves are what the planner cannot know: a round with a migration is charged its cost on top;
+    every other round is charged exactly what was predicted (resources held constant here)."""
+    doc = yaml.safe_load(CITY.read_text())
+    doc.pop("resources")
+    doc["training"]["rounds"] = 6
+    path = tmp_path / "moving.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    run_scenario(load_scenario(path), RunOptions(out_dir=tmp_path / "run", progress=False))
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    moved = {e["round"] for e in events if e["event"] in ("handover", "migration")}
+    rounds = [e for e in events if e["event"] == "round_end"]
+    assert moved and len(moved) < len(rounds)
+    for e in rounds:
+        if e["round"] in moved:
+            continue
+        assert math.isclose(e["predicted_s"], e["charged_s"], rel_tol=1e-9), e["round"]
+    migrations = [e for e in events if e["event"] == "migration" and e["ok"]]
+    assert migrations and all(e["charged_s"] > 0 for e in migrations)
