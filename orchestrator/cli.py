@@ -55,31 +55,32 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps(result) if args.json else _format_instance(result))
         return 0
     from tierflow.orchestrator.clock import build_cost_model
-    from tierflow.orchestrator.planning import plan_all
+    from tierflow.orchestrator.planning import plan_scenario
     from tierflow.orchestrator.scenario import load_scenario
-    from tierflow.orchestrator.world import load_dataset
+    from tierflow.orchestrator.world import build_world
     from tierflow.placement.rings import form_rings
 
     scenario = load_scenario(args.target)
-    shape = load_dataset(scenario).shape
-    cost, _ = build_cost_model(scenario, shape, profile_path=args.profile)
-    plans = plan_all(scenario, cost.graph, {d.name: d.edge for d in scenario.devices})
+    world = build_world(scenario)
+    cost, _ = build_cost_model(scenario, world.dataset.shape, profile_path=args.profile)
+    plans = plan_scenario(scenario, cost, world.batch_sizes())
     k = None if scenario.policy.rings in ("off", "auto") else int(scenario.policy.rings)
-    rings = form_rings({d: p.round_time_s for d, p in plans.items()}, k)
+    periods = scenario.aggregation.cloud_every
+    rings = form_rings({d: periods * p.period_s for d, p in plans.items()}, k)
     ring_of = {d: i for i, ring in enumerate(rings) for d in ring.members}
     rows = []
     for d, p in plans.items():
         counts = p.key.counts() + [0] * (3 - p.key.n_tiers)
         rows.append({"device": d, "edge": p.edge, "device_layers": counts[0], "edge_layers": counts[1],
-                     "cloud_layers": counts[2], "batch_time_s": p.batch_time_s, "round_time_s": p.round_time_s,
+                     "cloud_layers": counts[2], "period_s": p.period_s, "round_time_s": periods * p.period_s,
                      "ring": ring_of[d]})
     if args.json:
         print(json.dumps(rows))
     else:
-        print(f"{'device':<14}{'edge':<10}{'split d/e/c':<14}{'batch s':>10}{'round s':>10}{'ring':>6}")
+        print(f"{'device':<14}{'edge':<10}{'split d/e/c':<14}{'period s':>10}{'round s':>10}{'ring':>6}")
         for r in rows:
             split = f"{r['device_layers']}/{r['edge_layers']}/{r['cloud_layers']}"
-            print(f"{r['device']:<14}{r['edge']:<10}{split:<14}{r['batch_time_s']:>10.4f}{r['round_time_s']:>10.3f}"
+            print(f"{r['device']:<14}{r['edge']:<10}{split:<14}{r['period_s']:>10.4f}{r['round_time_s']:>10.3f}"
                   f"{r['ring']:>6}")
     return 0
 
@@ -91,18 +92,38 @@ def _format_instance(result: dict) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from tierflow.orchestrator.compare import compare, parse_policies
+    from tierflow.orchestrator.compare import compare, compare_over_seeds, parse_policies
     from tierflow.orchestrator.scenario import load_scenario
 
     names = parse_policies(args.policies)  # before Ray starts, like the scenario
+    seeds = parse_seeds(args.seeds)
     scenario = load_scenario(args.scenario)
     if args.rounds is not None and args.rounds < 1:
         raise TierflowError(f"--rounds: expected an integer >= 1, got {args.rounds}")
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.scenario).stem}-compare"
-    compare(scenario, names, out, address=args.address, rounds=args.rounds, profile_path=args.profile)
+    if seeds is None:
+        compare(scenario, names, out, address=args.address, rounds=args.rounds, profile_path=args.profile)
+    else:
+        for s in seeds:
+            load_scenario(args.scenario, seed=s)  # every seed's scenario is valid before anything runs
+        compare_over_seeds(lambda s: load_scenario(args.scenario, seed=s), seeds, names, out, address=args.address,
+                           rounds=args.rounds, profile_path=args.profile)
     print((out / "compare.md").read_text())
     print(f"written: {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
     return 0
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """``--seeds 1,2,3``: distinct non-negative integers, in the order given (None: the scenario's own)."""
+    if text is None:
+        return None
+    try:
+        seeds = list(dict.fromkeys(int(s) for s in text.split(",") if s.strip()))
+    except ValueError:
+        seeds = []
+    if not seeds or any(s < 0 or s >= 2**32 for s in seeds):
+        raise TierflowError(f"--seeds: expected a comma-separated list of integers from 0 to 2**32-1, got {text!r}")
+    return seeds
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -144,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
     cmp.add_argument("--rounds", type=int, help="override training.rounds (a quick look)")
     cmp.add_argument("--profile", metavar="FILE", help=PROFILE_HELP)
+    cmp.add_argument("--seeds", help="comma-separated training seeds: every variant on each, then means and "
+                                     "min-max (default: the scenario's own seed)")
     cmp.set_defaults(func=cmd_compare)
     report = sub.add_parser("report", help="plot a run directory's event log to PNG files")
     report.add_argument("run_dir")

@@ -76,13 +76,30 @@ class CostModel:
             cost = replace(cost, compute_s=scaled)
         return cost
 
-    def session_bytes(self, key: SplitKey, tier: int, optimizer: OptimizerSpec) -> int:
-        """The modelled size of a session moved edge to edge: its tier's weights and buffers, plus one
-        copy of the weights per optimizer state tensor (momentum: one, Adam: two). Moves are charged
-        at this size, so a planned ring pass costs what the plan predicted."""
+    def _state_bytes(self, node: str, optimizer: OptimizerSpec) -> float:
+        """A layer's weights and buffers, plus one copy of its weights per optimizer state tensor
+        (momentum: one, Adam: two): the modelled size of its state when it moves."""
         copies = 2 if optimizer.name == "adam" else (1 if optimizer.momentum > 0 else 0)
-        return int(sum(d.get("param_bytes", 0) + copies * d.get("trainable_bytes", 0)
-                       for n, t in key.tiers if t == tier and n in self.graph for d in [self.graph.nodes[n]]))
+        d = self.graph.nodes[node]
+        return d.get("param_bytes", 0) + copies * d.get("trainable_bytes", 0)
+
+    def session_bytes(self, key: SplitKey, tier: int, optimizer: OptimizerSpec) -> int:
+        """The modelled size of a session moved edge to edge. Moves are charged at this size, so a
+        planned ring pass costs what the plan predicted."""
+        return int(sum(self._state_bytes(n, optimizer) for n, t in key.tiers if t == tier and n in self.graph))
+
+    def switch_s(self, old: SplitKey, new: SplitKey, speeds: TierSpeeds, optimizer: OptimizerSpec) -> float:
+        """Seconds to move the state of every layer that changes tier under a re-plan, over each link
+        between its old tier and its new one."""
+        before = old.assignment()
+        inverse_bps = [1.0 / b for b in speeds.bandwidth_bps]
+        total = 0.0
+        for node, tier in new.tiers:
+            was = before.get(node, tier)
+            if was != tier and node in self.graph:
+                links = sum(inverse_bps[k] for k in range(min(was, tier), max(was, tier)))
+                total += 8 * self._state_bytes(node, optimizer) * links
+        return total
 
     def device_param_bytes(self, key: SplitKey) -> int:
         """Bytes of the device-side parameters and buffers under ``key``: what one model sync moves."""

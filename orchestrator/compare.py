@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -104,12 +104,22 @@ class Row:
     policy: str = ""
     same_as: str | None = None  # this variant's scenario equals that one's: its run is reused
     ring_passes: int = 0  # a ring's session moving to its next member's edge (not handovers)
+    residual_max: float = 0.0  # largest |charged - predicted| / predicted over the rounds
+    exact_rounds: int = 0  # rounds charged what the cost model predicted (to 1e-9)
+    switches: int = 0  # devices switched to a new split by re-planning
+
+
+def residuals(rounds: Sequence[dict]) -> list[float]:
+    """|charged - predicted| / predicted of each round_end: what the planner could not know."""
+    return [abs(e["charged_s"] - e["predicted_s"]) / e["predicted_s"] if e["predicted_s"] > 0 else 0.0
+            for e in rounds]
 
 
 def row_from_run(variant: str, run_dir: Path) -> Row:
     summary = json.loads((run_dir / "summary.json").read_text())
-    curve = [(float(e["virtual_time_s"]), float(e["accuracy"])) for e in read_events(run_dir / "events.jsonl")
-             if e["event"] == "round_end"]
+    rounds = [e for e in read_events(run_dir / "events.jsonl") if e["event"] == "round_end"]
+    curve = [(float(e["virtual_time_s"]), float(e["accuracy"])) for e in rounds]
+    res = residuals(rounds)
     ttt = summary.get("time_to_target")
     reached = ttt is not None
     return Row(variant, float(ttt["virtual_time_s"]) if reached else None, int(ttt["round"]) if reached else None,
@@ -117,7 +127,8 @@ def row_from_run(variant: str, run_dir: Path) -> Row:
                float(summary["wall_time_s"]), {k: int(v) for k, v in summary["bytes_up"].items()},
                {k: int(v) for k, v in summary["bytes_down"].items()}, int(summary["handovers"]),
                int(summary["migrations"]), int(summary["restarts"]), curve, str(summary.get("policy", "")),
-               ring_passes=int(summary.get("ring_passes", 0)))
+               ring_passes=int(summary.get("ring_passes", 0)), residual_max=max(res, default=0.0),
+               exact_rounds=sum(r <= 1e-9 for r in res), switches=int(summary.get("switches", 0)))
 
 
 ALL_ROUNDS = "virtual_time_s"  # the measure for ratios over every round instead of to the target
@@ -181,13 +192,15 @@ LINK_NAMES = ("device-edge", "edge-cloud")
 
 def markdown(rows: Sequence[Row], target: float) -> str:
     lines = [f"| variant | time to {target:.0%} (virtual s) | final accuracy | rounds | virtual s (all rounds) | "
-             "device-edge up / down | edge-cloud up / down | handovers / migrations / restarts | ring passes |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "device-edge up / down | edge-cloud up / down | handovers / migrations / restarts | ring passes | "
+             "switches | charged = predicted (rounds; largest residual) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ttt = "not reached" if r.time_to_target_s is None else f"{r.time_to_target_s:.1f} (round {r.target_round})"
         links = [f"{human_bytes(r.bytes_up.get(k, 0))} / {human_bytes(r.bytes_down.get(k, 0))}" for k in LINK_NAMES]
         lines.append(f"| {r.variant} | {ttt} | {r.final_accuracy:.3f} | {r.rounds} | {r.virtual_time_s:.1f} | "
-                     f"{links[0]} | {links[1]} | {r.handovers} / {r.migrations} / {r.restarts} | {r.ring_passes} |")
+                     f"{links[0]} | {links[1]} | {r.handovers} / {r.migrations} / {r.restarts} | {r.ring_passes} | "
+                     f"{r.switches} | {residual_text(r)} |")
     lines.append("")
     for r in rows:
         if r.same_as:
@@ -200,6 +213,10 @@ def markdown(rows: Sequence[Row], target: float) -> str:
               "falls is coarse, one round; this is not):", ""]
     lines += [f"- {label}: {text}" for label, (_, text) in summary_ratios(by_name, ALL_ROUNDS).items()]
     return "\n".join(lines) + "\n"
+
+
+def residual_text(r: Row) -> str:
+    return f"{r.exact_rounds} of {len(r.curve)}; {100 * r.residual_max:.1f}%"
 
 
 def to_json(rows: Sequence[Row], scenario: str, target: float) -> dict:
@@ -264,7 +281,8 @@ def _layer_profile(scenario: Scenario, out: Path, profile_path: str | None) -> L
 
 
 def compare(scenario: Scenario, names: Sequence[str], out: Path, address: str | None = None,
-            rounds: int | None = None, progress: bool = True, profile_path: str | None = None) -> list[Row]:
+            rounds: int | None = None, progress: bool = True, profile_path: str | None = None,
+            profile: LayerProfile | None = None) -> list[Row]:
     """Run ``scenario`` under each named variant into ``out/<variant>/``; write compare.md/.json/.png."""
     from tierflow.orchestrator.runner import RunOptions, run_scenario
 
@@ -274,7 +292,8 @@ def compare(scenario: Scenario, names: Sequence[str], out: Path, address: str | 
     if rounds is not None:
         scenario = replace(scenario, training=replace(scenario.training, rounds=rounds))
     out.mkdir(parents=True, exist_ok=True)
-    profile = _layer_profile(scenario, out, profile_path)
+    if profile is None:
+        profile = _layer_profile(scenario, out, profile_path)
     derived: list[tuple[str, Scenario]] = []
     rows: list[Row] = []
     t_all = time.perf_counter()
@@ -297,8 +316,30 @@ def compare(scenario: Scenario, names: Sequence[str], out: Path, address: str | 
         print(f"[{i}/{len(names)}] {name}: final accuracy {r.final_accuracy:.3f}, time to target {_ttt_text(r)}, "
               f"{r.virtual_time_s:.1f} virtual s ({how})", flush=True)
     write_outputs(out, rows, scenario.name, scenario.training.target_accuracy,
-                  {"wall_time_s": time.perf_counter() - t_all})
+                  {"wall_time_s": time.perf_counter() - t_all, "seed": scenario.training.seed})
     return rows
+
+
+def compare_over_seeds(reseed: Callable[[int], Scenario], seeds: Sequence[int], names: Sequence[str], out: Path,
+                       address: str | None = None, rounds: int | None = None, progress: bool = True,
+                       profile_path: str | None = None) -> dict[int, list[Row]]:
+    """Every variant on each seed (``out/seed<s>/``, each with its own table), then one table and plot
+    of means and min-max over the seeds in ``out``. One layer profile serves every run."""
+    from tierflow.orchestrator.compare_seeds import markdown_seeds, plot_seeds, to_json_seeds
+
+    first = reseed(seeds[0])
+    out.mkdir(parents=True, exist_ok=True)
+    profile = _layer_profile(first, out, profile_path)
+    by_seed: dict[int, list[Row]] = {}
+    for k, seed in enumerate(seeds, 1):
+        print(f"== seed {seed} ({k}/{len(seeds)})", flush=True)
+        by_seed[seed] = compare(first if k == 1 else reseed(seed), names, out / f"seed{seed}", address, rounds,
+                                progress, profile=profile)
+    target = first.training.target_accuracy
+    (out / "compare.md").write_text(markdown_seeds(by_seed, target))
+    (out / "compare.json").write_text(json.dumps(to_json_seeds(by_seed, first.name, target), indent=1) + "\n")
+    plot_seeds(by_seed, target, out / "compare.png")
+    return by_seed
 
 
 def write_outputs(out: Path, rows: Sequence[Row], scenario_name: str, target: float, extra: dict | None = None) -> None:

@@ -1,20 +1,44 @@
-"""The orchestrator's use of the placement engine: a split per device from its profile, and rings.
+"""The orchestrator's use of the placement engine: every device's split, planned together.
 
-Speeds and bandwidths come from the scenario (and, as the run goes, from where each device is
-connected); the planner itself is pure (placement/), this module only maps scenario terms to it.
+Devices that share an edge (and all of them the cloud) slow each other, and the clock charges a
+period as its slowest device or its busiest server (placement/cost.py ``makespan_s``). So the
+planner minimises exactly that makespan over every device that can train (placement/makespan.py),
+pricing each device with the run's cost model at the resources of the moment.
+
+A re-plan switches only the devices whose switch the new makespan needs, and only when the saving
+over the next rounds beats what the switch costs (the moved layers' weights and optimizer state
+travel to their new tier: nothing is lost, but the transfer is charged) and beats the current
+makespan by ``MIN_GAIN`` (hysteresis: resources that wobble do not make splits flap).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass
 
-import networkx as nx
+import numpy as np
 
-from tierflow.orchestrator.scenario import DeviceSpec, Scenario
-from tierflow.placement.cost import Profile, TierSpeeds, device_param_bytes, round_time_s
-from tierflow.placement.partition import partition
+from tierflow.orchestrator.clock import CostModel, tier_speeds
+from tierflow.orchestrator.resources import ResourceModel
+from tierflow.orchestrator.scenario import Scenario
+from tierflow.placement.cost import TierSpeeds
+from tierflow.placement.makespan import (
+    OptionCosts,
+    SharedDevices,
+    keep_unneeded,
+    makespan_of,
+    option_costs,
+    partition_options,
+    plan_makespan,
+)
 from tierflow.tiers.session import SplitKey
+
+# Raw inputs never leave a device: split learning's premise. Without this pin the planner would
+# ship digits' 8x8 images to the cloud whenever they are smaller than the first layer's output.
+PRIVATE_LAYERS = 1
+MIN_GAIN = 0.05  # a re-plan must save at least this share of the period to be worth its switches
+HORIZON_ROUNDS = 5  # a switch must pay for itself within this many rounds (resources move on)
 
 
 @dataclass(frozen=True)
@@ -22,15 +46,12 @@ class DevicePlan:
     device_id: str
     edge: str
     key: SplitKey
-    batch_time_s: float
-    round_time_s: float
-    device_flops_per_s: float  # the device speed this plan assumed
-    observed: Observed | None = None  # every speed this plan assumed
+    period_s: float  # the device's own predicted period (full server speeds), by the cost model
 
 
 @dataclass(frozen=True)
 class Observed:
-    """What the orchestrator currently believes a device's tier chain can do (smoothed)."""
+    """What the orchestrator believes a device's tier chain can do now (real time: measured, smoothed)."""
 
     device_flops_per_s: float
     device_bandwidth_bps: float
@@ -44,87 +65,117 @@ class Observed:
 
         return Observed(*(mix(a, b) for a, b in zip(astuple(self), astuple(new), strict=True)))
 
-
-# Raw inputs never leave a device: split learning's premise. Without this pin the planner would
-# ship digits' 8x8 images to the cloud whenever they are smaller than the first layer's output.
-PRIVATE_LAYERS = 1
+    def speeds(self, cloud_flops_per_s: float) -> TierSpeeds:
+        return TierSpeeds(self.device_flops_per_s, self.edge_flops_per_s, self.device_bandwidth_bps,
+                          cloud_flops_per_s, self.edge_cloud_bandwidth_bps)
 
 
 @dataclass(frozen=True)
-class Shares:
-    """How many devices share the servers a device would use: each gets a fair share of their speed.
+class Replan:
+    """One re-planning decision, as the ``replan`` event reports it."""
 
-    The planner plans one device at a time; without this, every device would count on a whole edge
-    and a whole cloud to itself, and all would offload to the one cloud the clock then (rightly)
-    charges as shared. A fair share is the contention each can expect when all offload."""
-
-    edge: int = 1
-    cloud: int = 1
-
-
-def shares_for(edge_of: dict[str, str | None]) -> dict[str, Shares]:
-    per_edge: dict[str | None, int] = {}
-    for e in edge_of.values():
-        per_edge[e] = per_edge.get(e, 0) + 1
-    return {d: Shares(max(1, per_edge[e]), max(1, len(edge_of))) for d, e in edge_of.items()}
+    changed: tuple[str, ...]  # devices whose split changes (empty when not adopted)
+    before_s: float  # the predicted period makespan with the current splits
+    after_s: float  # with the new ones
+    switch_s: float  # what the switches add to the next period's makespan
+    adopted: bool
 
 
-def profile_for(scenario: Scenario, device: DeviceSpec, edge_name: str, device_flops_per_s: float | None = None,
-                observed: Observed | None = None, shares: Shares = Shares()) -> Profile:
-    edge = scenario.edge(edge_name)
-    cloud = scenario.cloud.flops_per_s / shares.cloud
-    if observed is not None:
-        speeds = TierSpeeds(observed.device_flops_per_s, observed.edge_flops_per_s / shares.edge,
-                            observed.device_bandwidth_bps, cloud, observed.edge_cloud_bandwidth_bps)
-    else:
-        speeds = TierSpeeds(device_flops_per_s or device.flops_per_s, edge.flops_per_s / shares.edge,
-                            device.bandwidth_mbps * 1e6, cloud, edge.cloud_bandwidth_mbps * 1e6)
-    return Profile(speeds, batch_size=scenario.training.batch_size,
-                   steps_per_round=scenario.training.local_steps * scenario.aggregation.cloud_every,
-                   syncs_per_round=scenario.aggregation.cloud_every,  # the clock charges a sync every period
-                   device_memory_bytes=device.memory_mb * 2**20, private_layers=PRIVATE_LAYERS)
+class Planner:
+    """Adaptive placement for one run: the model's partition options once, then makespan plans."""
+
+    def __init__(self, scenario: Scenario, cost: CostModel, batch_of: Mapping[str, int],
+                 keep: Sequence[SplitKey] = ()):
+        self.scenario = scenario
+        self.cost = cost
+        self.batch_of = dict(batch_of)
+        names = None
+        also = []
+        for key in keep:
+            assignment = key.assignment()
+            names = names or list(cost.cost_graph(1).names)
+            also.append([assignment[n] for n in names])
+        self.options = partition_options(cost.graph, PRIVATE_LAYERS, also=also)
+        self.keys = [SplitKey.of(self.options.assignment(i), max(v) + 1) for i, v in enumerate(self.options.vectors)]
+        self.index = {k: i for i, k in enumerate(self.keys)}
+        self.memory = {d.name: d.memory_mb * 2**20 for d in scenario.devices}
+
+    def costs(self, devices: Sequence[str], edge_of: Mapping[str, str], speeds: Mapping[str, TierSpeeds]
+              ) -> tuple[OptionCosts, np.ndarray]:
+        """Every device's period under every option, and each device's edge as an index."""
+        edges = sorted({edge_of[d] for d in devices})
+        edge_index = {e: i for i, e in enumerate(edges)}
+        sp = [speeds[d] for d in devices]
+        shared = SharedDevices(
+            edge=np.array([edge_index[edge_of[d]] for d in devices], dtype=int),
+            device_flops_per_s=np.array([s.device_flops_per_s for s in sp]),
+            device_bandwidth_bps=np.array([s.device_edge_bandwidth_bps for s in sp]),
+            edge_flops_per_s=np.array([s.edge_flops_per_s for s in sp]),
+            edge_cloud_bandwidth_bps=np.array([s.edge_cloud_bandwidth_bps for s in sp]),
+            cloud_flops_per_s=self.scenario.cloud.flops_per_s,
+            batch_size=np.array([self.batch_of[d] for d in devices], dtype=float),
+            memory_bytes=np.array([self.memory[d] for d in devices]),
+            steps=self.scenario.training.local_steps,
+        )
+        return option_costs(self.options, shared), shared.edge
+
+    def _plans(self, devices: Sequence[str], edge_of: Mapping[str, str], costs: OptionCosts,
+               choice: np.ndarray) -> dict[str, DevicePlan]:
+        return {d: DevicePlan(d, edge_of[d], self.keys[c], float(costs.device_s[i, c]))
+                for i, (d, c) in enumerate(zip(devices, choice, strict=True))}
+
+    def plan(self, devices: Sequence[str], edge_of: Mapping[str, str], speeds: Mapping[str, TierSpeeds]
+             ) -> dict[str, DevicePlan]:
+        """The makespan plan of ``devices`` from scratch (the run's first)."""
+        devices = sorted(devices)
+        costs, edge = self.costs(devices, edge_of, speeds)
+        return self._plans(devices, edge_of, costs, plan_makespan(costs, edge).choice)
+
+    def initial_plan(self) -> dict[str, DevicePlan]:
+        """At the resources of time zero, each device on the edge the scenario puts it on."""
+        resources = ResourceModel(self.scenario)
+        edge_of = {d.name: d.edge for d in self.scenario.devices}
+        speeds = {d: tier_speeds(self.scenario, resources, d, e, 0.0) for d, e in edge_of.items()}
+        return self.plan(sorted(edge_of), edge_of, speeds)
+
+    def replan(self, devices: Sequence[str], edge_of: Mapping[str, str], speeds: Mapping[str, TierSpeeds],
+               current: Mapping[str, SplitKey], rounds_left: int, switch_cost: bool = True
+               ) -> tuple[Replan, dict[str, DevicePlan]]:
+        """Whether to switch, and to what: only switches the new makespan needs, and only if they pay
+        (``switch_cost``: False where a switch moves nothing, as in rings)."""
+        devices = sorted(devices)
+        if not devices:
+            return Replan((), 0.0, 0.0, 0.0, False), {}
+        costs, edge = self.costs(devices, edge_of, speeds)
+        known = np.array([self.index.get(current[d], -1) for d in devices])
+        now = np.where(known >= 0, known, costs.device_s.argmin(axis=1))  # an unknown split must switch
+        before = makespan_of(costs, edge, now) if (known >= 0).all() else math.inf
+        new = keep_unneeded(costs, edge, plan_makespan(costs, edge, current=now).choice, now)
+        new = np.where(known >= 0, new, now)
+        after = makespan_of(costs, edge, new)
+        changed = [i for i in range(len(devices)) if self.keys[new[i]] != current[devices[i]]]
+        extra = np.zeros(len(devices))
+        for i in changed if switch_cost else ():
+            extra[i] = self.cost.switch_s(current[devices[i]], self.keys[new[i]], speeds[devices[i]],
+                                          self.scenario.training.optimizer)
+        rows = np.arange(len(devices))
+        delayed = max(float((costs.device_s[rows, new] + extra).max()), after)
+        switch_s = delayed - after
+        periods = self.scenario.aggregation.cloud_every * min(max(rounds_left, 0), HORIZON_ROUNDS)
+        must = (known < 0).any()
+        adopted = bool(changed) and (must or (before - after > MIN_GAIN * before
+                                              and (before - after) * periods > switch_s))
+        plans = self._plans(devices, edge_of, costs, new if adopted else now)
+        chosen = tuple(devices[i] for i in changed) if adopted else ()
+        return Replan(chosen, before, after, switch_s if adopted else 0.0, adopted), plans
 
 
-def plan_device(scenario: Scenario, graph: nx.DiGraph, device: DeviceSpec, edge_name: str,
-                device_flops_per_s: float | None = None, observed: Observed | None = None,
-                shares: Shares = Shares()) -> DevicePlan:
-    """The exact best split for one device connected to ``edge_name`` (three ordered tiers)."""
-    profile = profile_for(scenario, device, edge_name, device_flops_per_s, observed, shares)
-    plan = partition(graph, profile)
-    # Tiers above the highest one used are left out, so the loss sits with the last layer.
-    key = SplitKey.of(plan.assignment, max(plan.assignment.values()) + 1)
-    sp = profile.speeds
-    assumed = Observed(sp.device_flops_per_s, sp.device_edge_bandwidth_bps, sp.edge_flops_per_s * shares.edge,
-                       sp.edge_cloud_bandwidth_bps)  # what was observed, before sharing
-    return DevicePlan(device.name, edge_name, key, plan.batch_time_s, round_time_s(graph, plan.assignment, profile),
-                      profile.speeds.device_flops_per_s, assumed)
+def plan_scenario(scenario: Scenario, cost: CostModel, batch_of: Mapping[str, int]) -> dict[str, DevicePlan]:
+    """Every device's split for the run's first round (what `tierflow plan` prints, and where a run starts)."""
+    return Planner(scenario, cost, batch_of).initial_plan()
 
 
-def device_flops_per_step(graph: nx.DiGraph, key: SplitKey, batch_size: int) -> float:
-    """Forward plus backward FLOPs the device itself runs for one batch under ``key``."""
-    on_device = [n for n, tier in key.tiers if tier == 0 and n in graph]
-    return batch_size * sum(graph.nodes[n]["fwd_flops"] + graph.nodes[n]["bwd_flops"] for n in on_device)
-
-
-def any_drifted(assumed: Observed, now: Observed, threshold: float = 0.1) -> bool:
-    """Worth asking the planner again: some speed moved more than ``threshold`` from the plan's."""
-    return any(abs(b - a) > threshold * a for a, b in zip(astuple(assumed), astuple(now), strict=True))
-
-
-MIN_GAIN = 0.05  # a new split must save at least this share of the round to be worth switching to
-
-
-def switch_pays(scenario: Scenario, graph: nx.DiGraph, device: DeviceSpec, edge_name: str, current: SplitKey,
-                new: DevicePlan, observed: Observed, shares: Shares = Shares()) -> bool:
-    """Re-planning pays when the new split's predicted round beats the current split's, at the
-    speeds now observed, by more than ``MIN_GAIN`` and by more than the switch costs: the device
-    fetching its new device-side layers over its link."""
-    profile = profile_for(scenario, device, edge_name, observed=observed, shares=shares)
-    now = round_time_s(graph, current.assignment(), profile)
-    switch_s = 8 * device_param_bytes(graph, new.key.assignment()) / observed.device_bandwidth_bps
-    return now - new.round_time_s > max(MIN_GAIN * now, switch_s)
-
-
-def plan_all(scenario: Scenario, graph: nx.DiGraph, edge_of: dict[str, str]) -> dict[str, DevicePlan]:
-    shares = shares_for(edge_of)
-    return {d.name: plan_device(scenario, graph, d, edge_of[d.name], shares=shares[d.name]) for d in scenario.devices}
+def device_flops_per_step(cost: CostModel, key: SplitKey, batch_size: int) -> float:
+    """Forward plus backward work the device itself runs for one batch under ``key`` (effective FLOPs)."""
+    on_device = [n for n, tier in key.tiers if tier == 0 and n in cost.graph]
+    return batch_size * sum(cost.graph.nodes[n]["fwd_flops"] + cost.graph.nodes[n]["bwd_flops"] for n in on_device)

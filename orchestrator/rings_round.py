@@ -9,7 +9,7 @@ the planner re-planned a device, a device changed edge, or a device joined or le
 forming is a ``rings_formed`` event.
 
 One split per ring. Its members have similar capability, so the ring trains one split: under
-adaptive placement the plan of its slowest member at that member's edge (planning.plan_device),
+adaptive placement the plan of its slowest member (orchestrator/planning.py),
 under fixed placement its first member's fixed split. While rings are on, ``orch.splits[d]`` is the
 split d trains, its ring's (so events and the clock's byte counts are true).
 
@@ -48,17 +48,19 @@ rings still running, then runs (in one Ray batch) the rings whose predicted cloc
 predicted hop of it. A slow ring never runs its next hop on positions older than one short hop, and
 the detector's time never goes back. The mobility time of a check is the round's predicted progress
 when ``mobility.round_duration_s`` is set (replayable, like run_period's step progress), else the
-run's clock (the least measured ring clock of the rings still running). A handover found at a check
+run's clock (the least charged ring clock of the rings still running). A handover found at a check
 counts against a ring's active member when that member's hop is predicted to end at or after the
 check; it is applied at the hop boundary (checks are between hops), an approximation of at most one
 hop, as run_period's checks between segments are.
 
-Virtual time of a ring: the sum of its hops, each charged by the runner's clock (round_clock: the
-hop's measured compute scaled to tier speeds of the moment and its activation bytes / bandwidth),
-whose model-sync term is the device-side stage coming in from the previous member and leaving for
-the next at this member's bandwidth (the pass member -> edge -> member); plus ring-session moves
-(measured pause + bytes / orchestrator.mobility.edge_to_edge_bps). The round lasts as long as its
-slowest ring, and no less than any edge's (or the cloud's) summed compute.
+Virtual time of a ring: the sum of its hops, each charged by the cost model (the runner's charges:
+the hop's batches at the tier speeds of the moment, its activations, labels and gradients over the
+links, and one model sync: the device-side stage coming in from the previous member and leaving for
+the next), plus ring-session moves (the modelled pause plus the session's modelled size over the
+slower backhaul, orchestrator/clock.py ``session_move_s``). The round lasts as long as its slowest
+ring, and no less than any edge's (or the cloud's) summed compute. A hop's prediction is the same
+function at the round's start, so a round in which nothing unforeseen happens is charged exactly
+what its plan predicted (``ring_round``: ``predicted_s`` and ``ring_s``).
 
 Aggregation: at the interval's end every ring uploads (device side from its last member, server
 side from the ring sessions); the global model is the ring models' average weighted by the samples
@@ -73,7 +75,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -318,28 +320,20 @@ class RingRounds:
                               orch.cost.session_bytes(key, 1, orch.scenario.training.optimizer))
 
     def ring_split(self, orch: Orchestrator, members: tuple[str, ...]) -> SplitKey:
+        """Fixed placement: the first member's split; adaptive: the plan of the slowest member."""
         if orch.scenario.policy.placement != "adaptive":
             return self.own_split(orch, members[0])
-        from tierflow.orchestrator.planning import plan_device, shares_for
-
         slowest = max(members, key=lambda d: (self.hop_s(orch, d, self.own_split(orch, d)), d))
-        edge = orch.session_at[slowest]
-        seen = orch.observed.get(slowest)
-        observed = seen[1] if seen and seen[0] == edge else None
-        return plan_device(orch.scenario, orch.graph, orch.devices[slowest], edge, observed=observed,
-                           shares=shares_for(orch.session_at)[slowest]).key
+        return self.own_split(orch, slowest)
 
     def plan(self, orch: Orchestrator) -> RingRoundPlan:
         sc = orch.scenario
         devices = sorted(orch.devices)
         edge_of = {d: (orch.session_at[d] if orch.available(d) else None) for d in devices}
         own = {d: self.own_split(orch, d) for d in devices}
-        adaptive = sc.policy.placement == "adaptive"
-        # What the rings were formed from: a re-plan, a move or a new split forms them again.
-        signature = json.dumps({d: [orch.session_at[d], [list(t) for t in own[d].tiers],
-                                    list(astuple(orch.plans[d].observed))
-                                    if adaptive and orch.plans[d].observed is not None else None]
-                                for d in devices}, sort_keys=True)
+        # What the rings were formed from: a move or a new split forms them again.
+        signature = json.dumps({d: [orch.session_at[d], [list(t) for t in own[d].tiers]] for d in devices},
+                               sort_keys=True)
         keep = self.formed if signature == self.signature else None
         round_s = {d: sc.aggregation.cloud_every * self.hop_s(orch, d, own[d]) for d in devices}
         k = None if sc.policy.rings == "auto" else int(sc.policy.rings)

@@ -57,9 +57,9 @@ class SyncRounds:
         reports: list[TrainReport] = []
         virtual_round = predicted = 0.0
         compute = (0.0, 0.0, 0.0)
-        predicted_period = orch.predicted_period_s()
+        first, later = orch.predicted_period_s(), orch.predicted_period_s(with_pending=False)
         for period in range(sc.aggregation.cloud_every):
-            predicted += predicted_period
+            predicted += first if period == 0 else later
             orch.period = period
             period_reports, extra_s = orch.run_period(virtual_round)
             reports.extend(period_reports)

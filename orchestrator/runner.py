@@ -27,12 +27,13 @@ from tierflow.orchestrator.errors import TierflowError
 from tierflow.orchestrator.events import EventLog
 from tierflow.orchestrator.handover_policies import HANDOVER_POLICIES, MoveResult
 from tierflow.orchestrator.mobility import build_detector, build_mobility
+from tierflow.orchestrator.planning import DevicePlan, Observed, Planner, device_flops_per_step
 from tierflow.orchestrator.profiles import PROFILE_FILE, profile_digest, write_profile
 from tierflow.orchestrator.resources import ResourceModel
 from tierflow.orchestrator.rounds import round_policy_for
 from tierflow.orchestrator.scenario import CLOUD_EDGE, Scenario
 from tierflow.orchestrator.world import World, build_world
-from tierflow.placement.cost import Charge, makespan_s
+from tierflow.placement.cost import Charge, TierSpeeds, makespan_s
 from tierflow.placement.profile import LayerProfile
 from tierflow.tiers.actors import CloudActor, DeviceHostActor, EdgeActor, actor_options
 from tierflow.tiers.aggregate import WeightedSum
@@ -91,7 +92,7 @@ class Orchestrator:
         self.migration_key = secrets.token_bytes(32)
         self.last_pushed: dict[str, dict[str, np.ndarray]] = {}
         self.counters = {"handovers": 0, "migrations": 0, "migration_bytes": 0, "migration_time_s": 0.0,
-                         "failed_migrations": 0, "restarts": 0,
+                         "failed_migrations": 0, "restarts": 0, "switches": 0, "replan_saved_s": 0.0,
                          "ring_passes": 0, "ring_pass_bytes": 0, "ring_pass_time_s": 0.0}  # a ring's session moving
         self.round = 0
         self.period = 0
@@ -106,22 +107,24 @@ class Orchestrator:
         # One cost model prices the plan and charges the clock (orchestrator/clock.py).
         self.cost, self.profile = build_cost_model(scenario, self.shape, options.profile, options.profile_path)
         self.graph = self.cost.graph
-        if scenario.policy.placement == "adaptive":
-            from tierflow.orchestrator.planning import plan_all
-
-            self.plans = plan_all(scenario, self.graph, self.session_at)
-            self.splits = {d: p.key for d, p in self.plans.items()}
+        self.pending_extra_s: dict[str, float] = {}  # charged in a device's next period (a re-split's transfer)
+        self.switch_from: dict[str, SplitKey] = {}  # the split a device left at its last switch
         self.devices = {d.name: d for d in scenario.devices}
         self.weights = {d.name: float(len(s)) for d, s in zip(scenario.devices, self.world.shards, strict=True)}
-        # Each device's batch: its sampler draws min(batch_size, shard) samples every step.
-        self.batch_of = {d.name: min(scenario.training.batch_size, len(s))
-                         for d, s in zip(scenario.devices, self.world.shards, strict=True)}
+        self.batch_of = self.world.batch_sizes()
+        n_hosts = min(scenario.execution.device_hosts, len(scenario.devices))
+        self.host_of = {d.name: i % n_hosts for i, d in enumerate(scenario.devices)}  # devices dealt to hosts
         self.factory = StageFactory(scenario.model.name, self.shape)
         self._param_bytes: dict[SplitKey, int] = {}
         self.eval_model = build_model(scenario.model.name, self.shape)
         self.bytes_total = {link: {"up": 0, "down": 0} for link in LINKS}
         self.virtual_time_s = 0.0
         self.resources = ResourceModel(scenario)  # reads nothing: the trace was loaded with the scenario
+        self.plans: dict[str, DevicePlan] = {}
+        if scenario.policy.placement == "adaptive":
+            self.planner = Planner(scenario, self.cost, self.batch_of)
+            self.plans = self.planner.initial_plan()
+            self.splits = {d: p.key for d, p in self.plans.items()}
 
     # ----- actors -----
     def start_actors(self) -> None:
@@ -154,7 +157,6 @@ class Orchestrator:
         ray.get([edge.set_cloud_endpoint.remote(cloud_endpoint) for edge in self.edges.values()])
         receivers = ray.get([self.edges[n].start_migration_receiver.remote(self.migration_key, bind) for n in names])
         self.receivers = dict(zip(names, receivers, strict=True))
-        self.host_of = {d.name: i % n_hosts for i, d in enumerate(sc.devices)}
         ray.get([host.add_devices.remote(self.setups_for(h)) for h, host in enumerate(self.hosts)])
         state_ref = ray.put(self.global_state)
         self.last_pushed = {d.name: self.global_state for d in sc.devices}
@@ -176,13 +178,17 @@ class Orchestrator:
             if self.host_of[d.name] == host
         ]
 
-    def _open_device(self, device_id: str, key: SplitKey, state_ref) -> list:
-        calls = [self.hosts[self.host_of[device_id]].configure.remote(device_id, key, state_ref)]
+    def _open_device(self, device_id: str, key: SplitKey, state_ref, optimizer_state: dict | None = None) -> list:
+        """Build a device's stages on every tier of ``key``, weights from ``state_ref`` (and, after a
+        re-split, each layer's optimizer state)."""
+        host = self.hosts[self.host_of[device_id]]
+        calls = [host.configure.remote(device_id, key, state_ref, False, optimizer_state)]
         edge = self.session_at[device_id]
+        w = self.weights[device_id]
         if key.n_tiers >= 2 and edge is not None:
-            calls.append(self.edges[edge].open_session.remote(device_id, key, state_ref, self.weights[device_id]))
+            calls.append(self.edges[edge].open_session.remote(device_id, key, state_ref, w, optimizer_state))
         if key.n_tiers == 3:
-            calls.append(self.cloud.open_session.remote(device_id, key, state_ref, self.weights[device_id]))
+            calls.append(self.cloud.open_session.remote(device_id, key, state_ref, w, optimizer_state))
         return calls
 
     # ----- one round -----
@@ -259,7 +265,7 @@ class Orchestrator:
         remaining = {d: steps for d in self.devices}
         dropped: set[str] = set()
         done: dict[str, list[TrainReport]] = {}
-        extra_s: dict[str, float] = {}
+        extra_s, self.pending_extra_s = self.pending_extra_s, {}  # a re-split's transfer opens the period
         elapsed_steps = 0
         while True:
             ready = {d: min(check, n) for d, n in remaining.items()
@@ -368,12 +374,10 @@ class Orchestrator:
         In emulated time a device's speed is its profile by construction, so there is nothing to
         measure; there re-planning follows handovers (and the resource traces of the scenario).
         """
-        from tierflow.orchestrator.planning import device_flops_per_step
-
         if self.scenario.execution.time != "real":
             return
         for r in reports:
-            flops = device_flops_per_step(self.graph, self.splits[r.device_id], self.scenario.training.batch_size)
+            flops = device_flops_per_step(self.cost, self.splits[r.device_id], self.batch_of[r.device_id])
             if flops <= 0 or r.compute_s[0] <= 0:
                 continue
             measured = flops * r.steps / r.compute_s[0]
@@ -388,7 +392,6 @@ class Orchestrator:
         (measure_speeds), smoothed (EWMA in log space), and a device that changed edge starts its
         edge-side figures afresh.
         """
-        from tierflow.orchestrator.planning import Observed
 
         t, res = self.virtual_time_s, self.resources
         for d in self.devices:
@@ -401,43 +404,71 @@ class Orchestrator:
             exact = self.scenario.execution.time == "emulated"
             self.observed[d] = (edge, now if exact or old is None or old[0] != edge else old[1].smoothed(now))
 
+    def speeds_now(self, device_id: str) -> TierSpeeds:
+        """The tier chain the planner prices a device with: exact resources in emulated time, the
+        measured (smoothed) figures in real time."""
+        if self.scenario.execution.time == "emulated":
+            return tier_speeds(self.scenario, self.resources, device_id, self.session_at[device_id],
+                               self.virtual_time_s)
+        return self.observed[device_id][1].speeds(self.scenario.cloud.flops_per_s)
+
     def replan(self) -> None:
-        """Adaptive placement (FedAdapt's idea, our exact planner): re-plan a device whose edge
-        changed, or whose observed speeds drifted from what its plan assumed, and switch when the
-        new split pays (planning.switch_pays); re-open the devices whose split moved.
+        """Adaptive placement (FedAdapt's idea, an exact cost model and a makespan planner): plan
+        every connected device again at the resources of now, and switch the devices whose switch
+        the new makespan needs when the saving pays for the switch (orchestrator/planning.py).
 
-        A device whose split changes starts its new stages from the global model it just received;
-        its optimizer state for the moved layers starts afresh (the layers now live elsewhere).
+        A switched device's new stages start from the global model it just received, and the
+        optimizer state of every layer travels with the layer to its new tier; the transfer is
+        charged to the device in its next period.
         """
-        from tierflow.orchestrator.planning import any_drifted, plan_device, shares_for, switch_pays
-
         self.observe()
-        shares = shares_for(self.session_at)
-        changed = []
-        for d, plan in list(self.plans.items()):
-            edge = self.session_at[d]
-            seen = self.observed[d][1]
-            moved = plan.edge != edge
-            if not moved and (plan.observed is None or not any_drifted(plan.observed, seen)):
-                continue
-            new = plan_device(self.scenario, self.graph, self.devices[d], edge, observed=seen, shares=shares[d])
-            if not moved and new.key != self.splits[d] and not switch_pays(
-                    self.scenario, self.graph, self.devices[d], edge, self.splits[d], new, seen, shares[d]):
-                continue  # keep the current split and the plan's assumptions: drift is measured from them
-            self.plans[d] = new
-            if new.key != self.splits[d]:
-                changed.append(d)
-                self.splits[d] = new.key
-        if changed:
-            state = ray.put(self.global_state)
-            calls = []
-            for d in changed:
-                calls.append(self.edges[self.session_at[d]].close_session.remote(d))
-                calls.append(self.cloud.close_session.remote(d))
-            ray.get(calls)
-            ray.get([c for d in changed for c in self._open_device(d, self.splits[d], state)])
+        devices = [d for d in self.devices if self.available(d)]
+        speeds = {d: self.speeds_now(d) for d in devices}
+        rings = self.scenario.policy.rings != "off"
+        decision, plans = self.planner.replan(devices, self.session_at, speeds, self.splits,
+                                              self.scenario.training.rounds - self.round, switch_cost=not rings)
+        self.plans.update(plans)
+        if decision.adopted:
+            self.restage(list(decision.changed), {d: plans[d].key for d in decision.changed})
+            if not rings:  # a ring re-opens its sessions each round from the global model: nothing moves
+                opt = self.scenario.training.optimizer
+                for d in decision.changed:
+                    self.pending_extra_s[d] = self.cost.switch_s(self.switch_from[d], self.splits[d], speeds[d], opt)
+            self.counters["switches"] += len(decision.changed)
+            self.counters["replan_saved_s"] += (decision.before_s - decision.after_s) * \
+                self.scenario.aggregation.cloud_every
         self.log.emit({"event": "replan", "round": self.round, "virtual_time_s": self.virtual_time_s,
-                       "changed": len(changed)})
+                       "changed": len(decision.changed), "adopted": decision.adopted,
+                       "predicted_before_s": decision.before_s, "predicted_after_s": decision.after_s,
+                       "switch_s": decision.switch_s})
+
+    def restage(self, devices: list[str], keys: dict[str, SplitKey]) -> None:
+        """Re-split devices: new stages on every tier from the global model, each layer's optimizer
+        state carried over from wherever it lived (tiers/session.py optimizer_state)."""
+        state = ray.put(self.global_state)
+        parts = []
+        for d in devices:
+            old = self.splits[d]
+            calls = [self.hosts[self.host_of[d]].optimizer_state.remote(d)]
+            if old.n_tiers >= 2:
+                calls.append(self.edges[self.session_at[d]].optimizer_state.remote(d))
+            if old.n_tiers == 3:
+                calls.append(self.cloud.optimizer_state.remote(d))
+            parts.append(calls)
+        got = ray.get([c for calls in parts for c in calls])
+        carried, i = {}, 0
+        for d, calls in zip(devices, parts, strict=True):
+            merged: dict = {}
+            for part in got[i:i + len(calls)]:
+                merged.update(part)
+            i += len(calls)
+            carried[d] = merged
+        ray.get([c for d in devices for c in (self.edges[self.session_at[d]].close_session.remote(d),
+                                              self.cloud.close_session.remote(d))])
+        for d in devices:
+            self.switch_from[d] = self.splits[d]
+            self.splits[d] = keys[d]
+        ray.get([c for d in devices for c in self._open_device(d, self.splits[d], state, carried[d])])
 
     # ----- checkpoints (issue 7: an orchestrator that dies loses no completed round) -----
     def save_checkpoint(self, log: EventLog, wall_s: float) -> None:
@@ -461,10 +492,10 @@ class Orchestrator:
             "session_at": self.session_at, "edge_of": self.edge_of, "detector": self.detector.current,
             "edges": names, "lost_hosts": sorted(self.lost_hosts), "measured_flops": self.measured_flops,
             "splits": {d: {"tiers": [list(t) for t in k.tiers], "n_tiers": k.n_tiers} for d, k in self.splits.items()},
-            "plans": {d: {"edge": p.edge, "batch_time_s": p.batch_time_s, "round_time_s": p.round_time_s,
-                          "device_flops_per_s": p.device_flops_per_s,
-                          "observed": None if p.observed is None else list(astuple(p.observed))}
-                      for d, p in getattr(self, "plans", {}).items()},
+            "plans": {d: {"edge": p.edge, "period_s": p.period_s} for d, p in self.plans.items()},
+            "pending_extra_s": self.pending_extra_s,
+            "switch_from": {d: {"tiers": [list(t) for t in k.tiers], "n_tiers": k.n_tiers}
+                            for d, k in self.switch_from.items()},
             "observed": {d: [edge, list(astuple(o))] for d, (edge, o) in self.observed.items()},
             "profile_digest": profile_digest(self.profile),
             "round_policy": self.round_policy.export_state(),
@@ -473,8 +504,6 @@ class Orchestrator:
 
     def restore(self, ckpt: Checkpoint) -> None:
         """Put the orchestrator and every actor back in the state the checkpoint recorded."""
-        from tierflow.orchestrator.planning import DevicePlan, Observed
-
         st = ckpt.state
         self.round = ckpt.round
         self.wall_before_s = float(st["wall_time_s"])
@@ -486,10 +515,11 @@ class Orchestrator:
         self.splits = {d: SplitKey(tuple((str(n), int(t)) for n, t in v["tiers"]), int(v["n_tiers"]))
                        for d, v in st["splits"].items()}
         self.session_at, self.edge_of = dict(st["session_at"]), dict(st["edge_of"])
-        if st["plans"]:
-            self.plans = {d: DevicePlan(d, p["edge"], self.splits[d], p["batch_time_s"], p["round_time_s"],
-                                        p["device_flops_per_s"], p["observed"] and Observed(*p["observed"]))
-                          for d, p in st["plans"].items()}
+        self.plans = {d: DevicePlan(d, p["edge"], self.splits[d], float(p["period_s"]))
+                      for d, p in st["plans"].items()}
+        self.pending_extra_s = {d: float(v) for d, v in st["pending_extra_s"].items()}
+        self.switch_from = {d: SplitKey(tuple((str(n), int(t)) for n, t in v["tiers"]), int(v["n_tiers"]))
+                            for d, v in st["switch_from"].items()}
         self.observed = {d: (edge, Observed(*o)) for d, (edge, o) in st["observed"].items()}
         if st.get("profile_digest") != profile_digest(self.profile):
             raise TierflowError(f"{self.options.out_dir}: the layer profile differs from the one the interrupted run "
@@ -645,16 +675,18 @@ class Orchestrator:
         """Virtual seconds the reports' work took: the period's makespan under the cost model."""
         return makespan_s(self.charges(reports, extra_s, offset_s))
 
-    def predicted_period_s(self) -> float:
+    def predicted_period_s(self, with_pending: bool = True) -> float:
         """The period the cost model predicts now for every device that can train: its split, its full
-        ``local_steps`` and batch, at the resources of this moment. Equal to what the clock charges
-        when nothing unforeseen (a handover, a failure, a resource change) happens in the period."""
+        ``local_steps`` and batch, at the resources of this moment (and, ``with_pending``, the transfers
+        a re-split left for the next period). Equal to what the clock charges when nothing unforeseen
+        (a handover, a failure, a resource change) happens in the period."""
         sc, t = self.scenario, self.virtual_time_s
         steps = sc.training.local_steps
+        extra = self.pending_extra_s if with_pending else {}
         return makespan_s(
             Charge(d, self.session_at[d],
                    self.cost.period(self.splits[d], steps, self.batch_of[d],
-                                    tier_speeds(sc, self.resources, d, self.session_at[d], t)))
+                                    tier_speeds(sc, self.resources, d, self.session_at[d], t)), extra.get(d, 0.0))
             for d in self.devices if self.available(d))
 
     # ----- the run -----
@@ -729,7 +761,7 @@ class Orchestrator:
                                      result.compute_s)
             event["predicted_s"], event["charged_s"] = result.predicted_s, event["duration_s"]
             log.emit(event)
-            if sc.policy.placement == "adaptive":
+            if sc.policy.placement == "adaptive" and sc.policy.replan:
                 self.measure_speeds(reports)
                 self.replan()  # after the event, which reports the splits this round trained
             if self.time_to_target is None and accuracy >= sc.training.target_accuracy:
@@ -769,6 +801,12 @@ class Orchestrator:
             "ring_passes": self.counters.get("ring_passes", 0),
             "ring_pass_bytes": self.counters.get("ring_pass_bytes", 0),
             "ring_pass_time_s": self.counters.get("ring_pass_time_s", 0.0),
+            # Re-planning: devices switched to a new split, and the predicted seconds per round the
+            # adopted re-plans saved when they were made.
+            "switches": self.counters["switches"],
+            "replan_saved_s": self.counters["replan_saved_s"],
+            "compute": sc.execution.compute,
+            "profile_spread": None if self.profile is None else self.profile.spread,
         }
         log.emit({"event": "run_end", "wall_time_s": wall, "virtual_time_s": self.virtual_time_s,
                   "final_accuracy": accuracy, "rounds": sc.training.rounds})

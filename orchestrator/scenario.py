@@ -109,6 +109,7 @@ class PolicySpec:
     step_timeout_s: float = 30.0  # a data-plane step unanswered this long fails that device's segment
     round_deadline_s: float | None = None  # wall seconds a device host may take per segment; None: no deadline
     migration_pause_s: float = 0.05  # virtual seconds a moved session stands still (batch boundary, ACK)
+    replan: bool = True  # adaptive placement plans again every round (False: the first plan throughout)
 
 
 @dataclass(frozen=True)
@@ -151,8 +152,11 @@ class Scenario:
         return self.split if device.split is None else device.split
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario file; raise TierflowError naming the field on any mistake."""
+def load_scenario(path: str | Path, seed: int | None = None) -> Scenario:
+    """Read and validate a scenario file; raise TierflowError naming the field on any mistake.
+
+    ``seed`` replaces ``training.seed`` before anything is drawn from it (shards, speeds drawn
+    from ranges, positions, resource paths): the same scenario on another seed."""
     path = Path(path)
     source = str(path)
     try:
@@ -176,18 +180,19 @@ def load_scenario(path: str | Path) -> Scenario:
         raise TierflowError(f"{source}: not valid YAML: {type(exc).__name__}: {str(exc)[:200]}") from None
     if data is None:
         raise TierflowError(f"{source}: the scenario file is empty (expected a mapping with cloud, edges, devices...)")
-    scenario = parse_scenario(data, source, base_dir=path.parent)
+    scenario = parse_scenario(data, source, base_dir=path.parent, seed=seed)
     from tierflow.orchestrator.checks import check_model_and_splits  # traces the model: no Ray needed
 
     check_model_and_splits(scenario)
     return scenario
 
 
-def parse_scenario(data: Any, source: str, base_dir: Path = Path(".")) -> Scenario:
+def parse_scenario(data: Any, source: str, base_dir: Path = Path("."), seed: int | None = None) -> Scenario:
     top = Fields(source, "", data)
     name = top.string("name", Path(source).stem)
     seed_fields = top.sub("training")
-    seed = seed_fields.integer("seed", 0)
+    in_file = seed_fields.integer("seed", 0)  # checked (and marked as known) even when replaced
+    seed = in_file if seed is None else seed
 
     cloud_f = top.sub("cloud")
     cloud = CloudSpec(cloud_f.number("flops_per_s", positive=True))
@@ -283,6 +288,7 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path(".")) -> Scenar
         round_deadline_s=pol_f.number("round_deadline_s", None, positive=True)
         if pol_f.get("round_deadline_s", None) is not None else None,
         migration_pause_s=pol_f.number("migration_pause_s", 0.05, minimum=0.0),
+        replan=pol_f.boolean("replan", True),
     )
     if pol_f.get("plan_costs", None) is not None:
         pol_f.fail("plan_costs", "nothing: it is replaced by execution.compute (profile, flops or measured), "

@@ -48,6 +48,11 @@ class World:
     initial_state: dict[str, np.ndarray]
     splits: dict[str, SplitKey]
 
+    def batch_sizes(self) -> dict[str, int]:
+        """Each device's batch: its sampler draws min(batch_size, its shard) samples every step."""
+        b = self.scenario.training.batch_size
+        return {d.name: min(b, len(idx)) for d, idx in zip(self.scenario.devices, self.shards, strict=True)}
+
 
 def fixed_splits(scenario: Scenario, gm) -> dict[str, SplitKey]:
     out = {}

@@ -8,10 +8,10 @@ import pytest
 from test_migration_run import TRACE
 
 from tierflow.orchestrator.clock import build_cost_model
-from tierflow.orchestrator.planning import plan_all
+from tierflow.orchestrator.planning import plan_scenario
 from tierflow.orchestrator.runner import RunOptions, run_scenario
 from tierflow.orchestrator.scenario import parse_scenario
-from tierflow.orchestrator.world import load_dataset
+from tierflow.orchestrator.world import build_world
 
 pytestmark = pytest.mark.ray
 
@@ -31,7 +31,8 @@ def test_adaptive_placement_trains_the_planned_splits_and_replans_on_handover(ra
         "mobility": {"model": "trace", "trace": str(trace), "round_duration_s": 100, "check_every_steps": 2},
         "policy": {"placement": "adaptive"},
     }, "adaptive.yaml")
-    plans = plan_all(sc, build_cost_model(sc, load_dataset(sc).shape)[0].graph, {"d0": "e0", "d1": "e0"})
+    world = build_world(sc)
+    plans = plan_scenario(sc, build_cost_model(sc, world.dataset.shape)[0], world.batch_sizes())
     summary = run_scenario(sc, RunOptions(out_dir=tmp_path / "out", progress=False))
     events = [json.loads(x) for x in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
     first = next(e for e in events if e["event"] == "round_end")

@@ -47,4 +47,4 @@ def test_scenario_plan_lists_every_device_with_its_ring(capsys):
     assert {r["device"] for r in rows} == {"pi4-0", "pi4-1", "pi3-0", "pi3-1", "jetson-0", "phone-0"}
     for r in rows:
         assert r["device_layers"] + r["edge_layers"] + r["cloud_layers"] == 12
-        assert r["batch_time_s"] > 0 and r["round_time_s"] >= r["batch_time_s"] and r["ring"] >= 0
+        assert r["period_s"] > 0 and r["round_time_s"] >= r["period_s"] and r["ring"] >= 0

@@ -217,3 +217,43 @@ def test_a_small_comparison_writes_its_table_json_and_plot(ray_session, tmp_path
     assert ring_state["profile_digest"] == profile_digest(LayerProfile.from_json(profile))
     md = (tmp_path / "compare.md").read_text()
     assert all(f"| {n} |" in md for n in names) and "- device-only / adaptive: n/a (adaptive was not run)" in md
+
+
+def test_seeds_fold_into_means_and_min_max():
+    from tierflow.orchestrator.compare_seeds import markdown_seeds, spread, to_json_seeds
+
+    by_seed = {1: [row("device-only", 40.0, 0.95), row("adaptive", 10.0, 0.96)],
+               2: [row("device-only", 30.0, 0.97), row("adaptive", 15.0, 0.94)],
+               3: [row("device-only", 50.0, 0.96), row("adaptive", None, 0.93)]}
+    assert spread([1.0, 2.0, 6.0]).text() == "3.0 (1.0-6.0)" and spread([1.0, None]) is None
+    table = markdown_seeds(by_seed, 0.9)
+    assert "| device-only | 40.0 (30.0-50.0) | 0.960 (0.950-0.970) |" in table
+    assert "| adaptive | not reached on seed 3 |" in table
+    assert "- device-only / adaptive: n/a on seed 3 (seed 3: n/a (adaptive did not reach the target))" in table
+    doc = json.loads(json.dumps(to_json_seeds(by_seed, "s", 0.9)))
+    assert doc["seeds"] == [1, 2, 3] and len(doc["rows"]["2"]) == 2
+    all_rounds = doc["ratios_all_rounds"]["device-only / adaptive"]
+    assert all_rounds["values"] == [45 / 15, 35 / 20, 55 / 10] and all_rounds["min"] == 35 / 20
+
+
+@pytest.mark.ray
+def test_compare_over_seeds_runs_every_variant_on_each_seed(ray_session, tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(json.dumps(TINY))
+    assert main(["compare", str(path), "--policies", "fixed,adaptive", "--seeds", "4,5", "--rounds", "1",
+                 "--out", str(tmp_path / "cmp")]) == 0
+    out = tmp_path / "cmp"
+    for seed in (4, 5):
+        for variant in ("fixed", "adaptive"):
+            summary = json.loads((out / f"seed{seed}" / variant / "summary.json").read_text())
+            assert summary["rounds"] == 1
+        assert (out / f"seed{seed}" / "compare.md").exists()
+    doc = json.loads((out / "compare.json").read_text())
+    assert doc["seeds"] == [4, 5] and set(doc["rows"]) == {"4", "5"}
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Seeds 4, 5" in (out / "compare.md").read_text()
+    # The seeds really draw other cities: the shards differ.
+    a = build_world(load_scenario(path, seed=4)).shards[0]
+    b = build_world(load_scenario(path, seed=5)).shards[0]
+    assert len(a) != len(b) or (a != b).any()
+    assert main(["compare", str(path), "--seeds", "1,x"]) == 2 and "--seeds: expected" in capsys.readouterr().err

@@ -91,3 +91,52 @@ def test_only_rounds_with_a_handover_charge_more_than_predicted(ray_session, tmp
         assert math.isclose(e["predicted_s"], e["charged_s"], rel_tol=1e-9), e["round"]
     migrations = [e for e in events if e["event"] == "migration" and e["ok"]]
     assert migrations and all(e["charged_s"] > 0 for e in migrations)
+
+
+def _uniform_keys(factory) -> list:
+    """Every split that keeps the first layer on the device, as a fixed split of every device."""
+    from tierflow.tiers.session import SplitKey
+    from tierflow.tiers.split import assignment_from_cuts, compute_nodes
+
+    n = len(compute_nodes(factory._gm))
+    cuts = [[]] + [[a] for a in range(1, n)] + [[a, b] for a in range(1, n) for b in range(a + 1, n)]
+    return [SplitKey.of(assignment_from_cuts(factory._gm, c), len(c) + 1) for c in cuts]
+
+
+@pytest.mark.ray
+def test_adaptive_placement_is_charged_no_more_than_any_fixed_split(ray_session, tmp_path):
+    """Re-planning off, nobody moving, constant resources: every round of the adaptive run is charged
+    at most what every uniform fixed split would be charged (the clock's own function, which the
+    predicted == charged tests tie to real runs; the best fixed split is also run for real)."""
+    from tierflow.orchestrator.runner import Orchestrator
+
+    doc = yaml.safe_load(CITY.read_text())
+    doc.pop("resources")
+    doc["mobility"] = {"model": "static"}
+    doc["devices"][0]["count"] = 5
+    doc["policy"] = {"placement": "adaptive", "replan": False}
+    doc["training"]["rounds"] = 2
+    path = tmp_path / "adaptive.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    sc = load_scenario(path)
+    run_scenario(sc, RunOptions(out_dir=tmp_path / "adaptive", progress=False))
+    charged = [e["charged_s"] for e in read_events(tmp_path / "adaptive" / "events.jsonl") if e["event"] == "round_end"]
+    probe = Orchestrator(sc, RunOptions(out_dir=tmp_path / "probe", progress=False))
+    periods = sc.aggregation.cloud_every
+    fixed = {}
+    for key in _uniform_keys(probe.factory):
+        probe.splits = dict.fromkeys(probe.devices, key)
+        fixed[key] = sum(probe.predicted_period_s() for _ in range(periods))
+    best_key = min(fixed, key=fixed.get)
+    for c in charged:
+        assert c <= min(fixed.values()) * (1 + 1e-9), (c, min(fixed.values()))
+    # The best fixed split for real: its charged rounds are the computed figure.
+    cuts = [sum(1 for _, t in best_key.tiers if t <= k) - 1 for k in range(best_key.n_tiers - 1)]
+    doc["policy"] = {"placement": "fixed"}
+    doc["split"] = cuts
+    doc["devices"] = [{k: v for k, v in d.items() if k != "split"} for d in doc["devices"]]
+    fixed_path = tmp_path / "fixed.yaml"
+    fixed_path.write_text(yaml.safe_dump(doc))
+    run_scenario(load_scenario(fixed_path), RunOptions(out_dir=tmp_path / "fixed", progress=False))
+    real = [e["charged_s"] for e in read_events(tmp_path / "fixed" / "events.jsonl") if e["event"] == "round_end"]
+    assert all(math.isclose(r, fixed[best_key], rel_tol=1e-9) for r in real), (real, fixed[best_key])

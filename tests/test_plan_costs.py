@@ -12,12 +12,13 @@ import yaml
 
 from tierflow.orchestrator.clock import build_cost_model
 from tierflow.orchestrator.errors import TierflowError
-from tierflow.orchestrator.planning import plan_device, profile_for
+from tierflow.orchestrator.planning import plan_scenario
 from tierflow.orchestrator.runner import Orchestrator, RunOptions
 from tierflow.orchestrator.scenario import load_scenario
-from tierflow.placement.cost import batch_time_s
+from tierflow.placement.cost import TierSpeeds
 from tierflow.placement.profile import LayerProfile, LayerTiming
 from tierflow.tiers.models import InputShape
+from tierflow.tiers.session import SplitKey
 
 HERE = Path(__file__).parent
 SHAPE = InputShape(1, 8, 8, 10)  # digits
@@ -48,14 +49,15 @@ def test_profile_costs_are_timed_seconds_times_the_host_speed(tmp_path):
     for n, t in given.layers.items():
         assert cost.graph.nodes[n]["fwd_flops"] == pytest.approx(t.forward_s / b * 1e10, rel=1e-12)
         assert cost.graph.nodes[n]["bwd_flops"] == pytest.approx(t.backward_s / b * 1e10, rel=1e-12)
-    # Priced this way, a device-only batch is predicted to take exactly what the clock charges for
-    # those seconds on a 1 GFLOP/s device: seconds x host / device (sync left out here).
+    # Priced this way, a device-only batch is charged exactly those seconds on a 1 GFLOP/s device:
+    # seconds x host / device.
     device = sc.devices[0]
-    plan_profile = replace(profile_for(sc, device, device.edge), syncs_per_round=0)
-    local = {n: 0 for n in cost.graph.nodes}
+    local = SplitKey.of({n: 0 for n in cost.graph.nodes}, 1)
+    speeds = TierSpeeds(device.flops_per_s, 1e11, 2e7, 1e12, 1e9)
     expected = sum(t.forward_s + t.backward_s for t in given.layers.values()) * 1e10 / device.flops_per_s
-    assert batch_time_s(cost.graph, local, plan_profile) == pytest.approx(expected, rel=1e-12)
-    plan_device(sc, cost.graph, device, device.edge)  # and the planner accepts the priced graph
+    assert cost.period(local, 1, b, speeds).compute_s[0] == pytest.approx(expected, rel=1e-12)
+    plans = plan_scenario(sc, cost, {d.name: b for d in sc.devices})  # and the planner accepts the priced graph
+    assert set(plans) == {d.name for d in sc.devices}
 
 
 def test_flop_costs_keep_the_counted_flops(tmp_path):

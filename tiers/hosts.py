@@ -18,7 +18,15 @@ from tierflow.tiers.aggregate import WeightedSum
 from tierflow.tiers.dataplane import DataPlaneClient, DataPlaneServer
 from tierflow.tiers.models import InputShape
 from tierflow.tiers.optim import OptimizerSpec
-from tierflow.tiers.session import Session, SplitKey, StageFactory, load_partition, partition_state
+from tierflow.tiers.session import (
+    Session,
+    SplitKey,
+    StageFactory,
+    load_optimizer_state,
+    load_partition,
+    optimizer_state,
+    partition_state,
+)
 from tierflow.tiers.step import wire_bytes
 
 
@@ -149,15 +157,22 @@ class DeviceHost:
             self.devices[s.device_id] = LogicalDevice(s, BatchSampler(len(s.y), s.batch_size, s.seed))
         return len(self.devices)
 
-    def configure(self, device_id: str, key: SplitKey, state: Mapping[str, np.ndarray], fresh: bool = False) -> None:
+    def configure(self, device_id: str, key: SplitKey, state: Mapping[str, np.ndarray], fresh: bool = False,
+                  optimizer_states: Mapping | None = None) -> None:
         """(Re)build a device's stage for a split, loading its part of the model from ``state``;
-        ``fresh`` also starts its optimizer state afresh (a ring's first hop, like its session)."""
+        ``fresh`` also starts its optimizer state afresh (a ring's first hop, like its session);
+        ``optimizer_states`` carries its layers' optimizer state over a re-split."""
         device = self.devices[device_id]
         old = device.session
         if old is None or old.key != key or fresh:
             runner = self.factory.runner(key, 0, self.optimizer)
             device.session = Session(device_id, 0, key, runner, float(len(device.setup.y)))
         load_partition(device.session.runner, state)
+        if optimizer_states:
+            load_optimizer_state(device.session.runner, optimizer_states)
+
+    def optimizer_state(self, device_id: str) -> dict:
+        return optimizer_state(self.devices[device_id].session.runner)
 
     def load_weights(self, device_ids: Sequence[str], state: Mapping[str, np.ndarray]) -> None:
         for d in device_ids:
@@ -313,18 +328,23 @@ class SessionHost:
 
         return ray.get_runtime_context().get_node_id()
 
-    def open_session(self, device_id: str, key: SplitKey, state: Mapping[str, np.ndarray], weight: float) -> None:
+    def open_session(self, device_id: str, key: SplitKey, state: Mapping[str, np.ndarray], weight: float,
+                     optimizer_states: Mapping | None = None) -> None:
         runner = self.factory.runner(key, self.tier, self.optimizer)
         load_partition(runner, state)
+        if optimizer_states:
+            load_optimizer_state(runner, optimizer_states)
         with self.lock:
             self.sessions[device_id] = Session(device_id, self.tier, key, runner, weight)
+
+    def optimizer_state(self, session_id: str) -> dict:
+        with self.lock:
+            session = self.sessions.get(session_id)
+            return {} if session is None else optimizer_state(session.runner)
 
     def close_session(self, device_id: str) -> bool:
         with self.lock:
             return self.sessions.pop(device_id, None) is not None
-
-    def has_session(self, device_id: str) -> bool:
-        return device_id in self.sessions
 
     def load_weights(self, device_ids: Sequence[str], state: Mapping[str, np.ndarray]) -> None:
         with self.lock:

@@ -77,6 +77,32 @@ def partition_state(runner: StageRunner) -> dict[str, np.ndarray]:
     return {name: t.detach().numpy().copy() for name, t in runner.module.state_dict().items()}
 
 
+ParameterState = dict[str, dict[str, np.ndarray]]  # parameter name -> its optimizer state tensors
+
+
+def optimizer_state(runner: StageRunner) -> ParameterState:
+    """Each parameter's optimizer state (momentum, Adam's moments and step) by parameter name: what
+    travels with a layer when a re-split moves it to another tier."""
+    if runner.optimizer is None:
+        return {}
+    out: ParameterState = {}
+    for name, param in runner.module.named_parameters():
+        entry = runner.optimizer.state.get(param)
+        if entry:
+            out[name] = {k: (v.detach().numpy().copy() if torch.is_tensor(v) else np.asarray(v))
+                         for k, v in entry.items()}
+    return out
+
+
+def load_optimizer_state(runner: StageRunner, states: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """Give this stage's parameters the optimizer state they had on another tier (by name)."""
+    if runner.optimizer is None:
+        return
+    for name, param in runner.module.named_parameters():
+        if name in states:
+            runner.optimizer.state[param] = {k: torch.from_numpy(np.array(v)) for k, v in states[name].items()}
+
+
 @dataclass
 class Session:
     """One device's part of the model on one tier, with its optimizer and progress."""
