@@ -1,4 +1,4 @@
-"""Scale: 1,000 devices for 50 rounds of a small model in emulated time (issue 5).
+"""Scale: 1,000 devices for 50 rounds of a small model in emulated time.
 
 Runs examples/scale.yaml through the real orchestrator (Ray actors, data plane, checkpoints every
 round) and, as the baseline in the same run, the same number of training steps of the same model

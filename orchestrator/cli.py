@@ -92,7 +92,8 @@ def _format_instance(result: dict) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from tierflow.orchestrator.compare import compare, compare_over_seeds, parse_policies
+    from tierflow.orchestrator.compare import compare, parse_policies
+    from tierflow.orchestrator.compare_seeds import compare_over_seeds
     from tierflow.orchestrator.scenario import load_scenario
 
     names = parse_policies(args.policies)  # before Ray starts, like the scenario

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -163,7 +163,7 @@ def migration_saving(rows: dict[str, Row], base: str = "adaptive+rings", measure
     return (restart - migrate) / lost, f"{100 * (restart - migrate) / lost:.0f}% of {lost:.1f} s"
 
 
-RATIOS = {  # label -> (slower, faster): the comparisons issue 5 asks for, and two more
+RATIOS = {  # label -> (slower, faster): the comparisons a policy study asks for
     "device-only / adaptive": ("device-only", "adaptive"),
     "restart / migrate (adaptive+rings)": ("adaptive+rings+restart", "adaptive+rings+migrate"),
     "sync / rings (adaptive / adaptive+rings)": ("adaptive", "adaptive+rings"),
@@ -267,7 +267,7 @@ def _ttt_text(r: Row) -> str:
     return "not reached" if r.time_to_target_s is None else f"{r.time_to_target_s:.1f} s (round {r.target_round})"
 
 
-def _layer_profile(scenario: Scenario, out: Path, profile_path: str | None) -> LayerProfile | None:
+def layer_profile(scenario: Scenario, out: Path, profile_path: str | None) -> LayerProfile | None:
     """One layer profile for every variant, so they differ by their policy alone; kept in
     ``layer_profile.json`` beside the table (None when compute is priced by FLOP counts)."""
     from tierflow.orchestrator.clock import build_cost_model
@@ -293,7 +293,7 @@ def compare(scenario: Scenario, names: Sequence[str], out: Path, address: str | 
         scenario = replace(scenario, training=replace(scenario.training, rounds=rounds))
     out.mkdir(parents=True, exist_ok=True)
     if profile is None:
-        profile = _layer_profile(scenario, out, profile_path)
+        profile = layer_profile(scenario, out, profile_path)
     derived: list[tuple[str, Scenario]] = []
     rows: list[Row] = []
     t_all = time.perf_counter()
@@ -318,28 +318,6 @@ def compare(scenario: Scenario, names: Sequence[str], out: Path, address: str | 
     write_outputs(out, rows, scenario.name, scenario.training.target_accuracy,
                   {"wall_time_s": time.perf_counter() - t_all, "seed": scenario.training.seed})
     return rows
-
-
-def compare_over_seeds(reseed: Callable[[int], Scenario], seeds: Sequence[int], names: Sequence[str], out: Path,
-                       address: str | None = None, rounds: int | None = None, progress: bool = True,
-                       profile_path: str | None = None) -> dict[int, list[Row]]:
-    """Every variant on each seed (``out/seed<s>/``, each with its own table), then one table and plot
-    of means and min-max over the seeds in ``out``. One layer profile serves every run."""
-    from tierflow.orchestrator.compare_seeds import markdown_seeds, plot_seeds, to_json_seeds
-
-    first = reseed(seeds[0])
-    out.mkdir(parents=True, exist_ok=True)
-    profile = _layer_profile(first, out, profile_path)
-    by_seed: dict[int, list[Row]] = {}
-    for k, seed in enumerate(seeds, 1):
-        print(f"== seed {seed} ({k}/{len(seeds)})", flush=True)
-        by_seed[seed] = compare(first if k == 1 else reseed(seed), names, out / f"seed{seed}", address, rounds,
-                                progress, profile=profile)
-    target = first.training.target_accuracy
-    (out / "compare.md").write_text(markdown_seeds(by_seed, target))
-    (out / "compare.json").write_text(json.dumps(to_json_seeds(by_seed, first.name, target), indent=1) + "\n")
-    plot_seeds(by_seed, target, out / "compare.png")
-    return by_seed
 
 
 def write_outputs(out: Path, rows: Sequence[Row], scenario_name: str, target: float, extra: dict | None = None) -> None:

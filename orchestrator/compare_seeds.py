@@ -7,11 +7,13 @@ on each seed; this module folds the per-seed rows (orchestrator/compare.py) into
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tierflow.orchestrator.compare import ALL_ROUNDS, Row, summary_ratios
+from tierflow.orchestrator.compare import ALL_ROUNDS, Row, compare, layer_profile, summary_ratios
+from tierflow.orchestrator.scenario import Scenario
 
 BySeed = Mapping[int, Sequence[Row]]
 
@@ -137,3 +139,23 @@ def plot_seeds(by_seed: BySeed, target: float, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def compare_over_seeds(reseed: Callable[[int], Scenario], seeds: Sequence[int], names: Sequence[str], out: Path,
+                       address: str | None = None, rounds: int | None = None, progress: bool = True,
+                       profile_path: str | None = None) -> dict[int, list[Row]]:
+    """Every variant on each seed (``out/seed<s>/``, each with its own table), then one table and plot
+    of means and min-max over the seeds in ``out``. One layer profile serves every run."""
+    first = reseed(seeds[0])
+    out.mkdir(parents=True, exist_ok=True)
+    profile = layer_profile(first, out, profile_path)
+    by_seed: dict[int, list[Row]] = {}
+    for k, seed in enumerate(seeds, 1):
+        print(f"== seed {seed} ({k}/{len(seeds)})", flush=True)
+        by_seed[seed] = compare(first if k == 1 else reseed(seed), names, out / f"seed{seed}", address, rounds,
+                                progress, profile=profile)
+    target = first.training.target_accuracy
+    (out / "compare.md").write_text(markdown_seeds(by_seed, target))
+    (out / "compare.json").write_text(json.dumps(to_json_seeds(by_seed, first.name, target), indent=1) + "\n")
+    plot_seeds(by_seed, target, out / "compare.png")
+    return by_seed

@@ -40,7 +40,7 @@ ROUND_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 120
 MIGRATION_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 # Placement is reported as devices per split "d{n}_e{n}_c{n}". The number of distinct splits in
-# use is small (the candidate set of §4.1b), but a cap keeps a pathological run bounded.
+# use is small (the candidate set), but a cap keeps a pathological run bounded.
 MAX_SPLIT_SERIES = 50
 OTHER_SPLIT = "other"
 

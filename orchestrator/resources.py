@@ -1,7 +1,7 @@
 """Time-varying resources: each device's speed and link, and each edge's speed and uplink, at time t.
 
-This is simulation, and says so. ``t`` is the run's virtual time (seconds since the run began,
-design §5); every resource is piecewise constant in t and built from up to three sources:
+This is simulation, and says so. ``t`` is the run's virtual time (seconds since the run began);
+every resource is piecewise constant in t and built from up to three sources:
 
 1. The scenario's base values: a device's ``flops_per_s`` and ``bandwidth_mbps`` (its device-edge
    link), an edge's ``flops_per_s`` and ``cloud_bandwidth_mbps`` (its edge-cloud link).
@@ -290,10 +290,8 @@ class ResourceModel:
     dictionary lookup of the base value; nothing is drawn or stored per step."""
 
     def __init__(self, scenario):
-        from tierflow.orchestrator.scenario import CLOUD_EDGE
-
         spec: ResourcesSpec = scenario.resources
-        cloud_edge = scenario.edge(CLOUD_EDGE)
+        cloud_edge = scenario.cloud_as_edge()
         self._devices = {d.name for d in scenario.devices}
         self._edges = {e.name for e in scenario.edges}
         self._base = {

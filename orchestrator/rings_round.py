@@ -1,4 +1,4 @@
-"""Capability rings as a round policy (FedHiSyn's idea, in split learning; design §4.3).
+"""Capability rings as a round policy (FedHiSyn's idea, in split learning).
 
 Forming. Every connected device's synchronous round is predicted by the planner's cost model
 (placement/cost.py) under its own split (its plan under adaptive placement, its fixed split
@@ -90,7 +90,7 @@ from tierflow.tiers.hosts import TrainReport
 from tierflow.tiers.session import SplitKey
 
 if TYPE_CHECKING:
-    from tierflow.orchestrator.runner import Orchestrator
+    from tierflow.orchestrator.round_context import RoundHost
 
 
 # ----- the plan: pure data -----
@@ -290,12 +290,12 @@ class RingRounds:
             for ms, tiers, n_tiers in formed)
 
     # ----- predictions (the planner's cost model) -----
-    def own_split(self, orch: Orchestrator, device: str) -> SplitKey:
+    def own_split(self, orch: RoundHost, device: str) -> SplitKey:
         if orch.scenario.policy.placement == "adaptive":
             return orch.plans[device].key
         return orch.world.splits[device]
 
-    def hop_cost(self, orch: Orchestrator, device: str, key: SplitKey) -> PeriodCost:
+    def hop_cost(self, orch: RoundHost, device: str, key: SplitKey) -> PeriodCost:
         """One hop as the clock will charge it: ``local_steps`` batches and the device-side stage in
         and out (one sync), at the resources of the round's start."""
         sc = orch.scenario
@@ -303,30 +303,30 @@ class RingRounds:
         return orch.cost.period(key, sc.training.local_steps, orch.batch_of[device],
                                 tier_speeds(sc, orch.resources, device, edge, orch.virtual_time_s))
 
-    def hop_s(self, orch: Orchestrator, device: str, key: SplitKey) -> float:
+    def hop_s(self, orch: RoundHost, device: str, key: SplitKey) -> float:
         return self.hop_cost(orch, device, key).total_s
 
-    def server_s(self, orch: Orchestrator, device: str, key: SplitKey) -> tuple[float, float]:
+    def server_s(self, orch: RoundHost, device: str, key: SplitKey) -> tuple[float, float]:
         cost = self.hop_cost(orch, device, key)
         return cost.compute_s[1], cost.compute_s[2]
 
-    def pass_s(self, orch: Orchestrator, src: str, dst: str, key: SplitKey) -> float:
+    def pass_s(self, orch: RoundHost, src: str, dst: str, key: SplitKey) -> float:
         """The ring session (edge-side weights and optimizer state) from ``src``'s edge to ``dst``'s."""
         a, b = orch.session_at[src], orch.session_at[dst]
         return 0.0 if a == b or key.n_tiers == 1 else self.pass_s_between(orch, a, b, key)
 
-    def pass_s_between(self, orch: Orchestrator, src_edge: str, dst_edge: str, key: SplitKey) -> float:
+    def pass_s_between(self, orch: RoundHost, src_edge: str, dst_edge: str, key: SplitKey) -> float:
         return session_move_s(orch.scenario, src_edge, dst_edge,
                               orch.cost.session_bytes(key, 1, orch.scenario.training.optimizer))
 
-    def ring_split(self, orch: Orchestrator, members: tuple[str, ...]) -> SplitKey:
+    def ring_split(self, orch: RoundHost, members: tuple[str, ...]) -> SplitKey:
         """Fixed placement: the first member's split; adaptive: the plan of the slowest member."""
         if orch.scenario.policy.placement != "adaptive":
             return self.own_split(orch, members[0])
         slowest = max(members, key=lambda d: (self.hop_s(orch, d, self.own_split(orch, d)), d))
         return self.own_split(orch, slowest)
 
-    def plan(self, orch: Orchestrator) -> RingRoundPlan:
+    def plan(self, orch: RoundHost) -> RingRoundPlan:
         sc = orch.scenario
         devices = sorted(orch.devices)
         edge_of = {d: (orch.session_at[d] if orch.available(d) else None) for d in devices}
@@ -357,7 +357,7 @@ class RingRounds:
         return plan
 
     # ----- one round -----
-    def run_round(self, orch: Orchestrator) -> RoundResult:
+    def run_round(self, orch: RoundHost) -> RoundResult:
         sc = orch.scenario
         orch.recover_hosts()
         orch.period = 0
@@ -438,7 +438,7 @@ class RingRounds:
         return RoundResult(reports, virtual, predicted, {r.ring_id: list(r.members) for r in plan.rings}, compute)
 
     # ----- ring sessions -----
-    def _open_calls(self, orch: Orchestrator, x: _RingRun, state_ref) -> list:
+    def _open_calls(self, orch: RoundHost, x: _RingRun, state_ref) -> list:
         calls = []
         if x.ring.key.n_tiers >= 2:
             calls.append(orch.edges[x.at].open_session.remote(x.rid, x.ring.key, state_ref, 1.0))
@@ -446,7 +446,7 @@ class RingRounds:
             calls.append(orch.cloud.open_session.remote(x.rid, x.ring.key, state_ref, 1.0))
         return calls
 
-    def _close_calls(self, orch: Orchestrator, x: _RingRun, cloud: bool = True) -> list:
+    def _close_calls(self, orch: RoundHost, x: _RingRun, cloud: bool = True) -> list:
         calls = []
         if x.ring.key.n_tiers >= 2 and x.at in orch.edges:
             calls.append(orch.edges[x.at].close_session.remote(x.rid))
@@ -454,7 +454,7 @@ class RingRounds:
             calls.append(orch.cloud.close_session.remote(x.rid))
         return calls
 
-    def _close_device_sessions(self, orch: Orchestrator) -> None:
+    def _close_device_sessions(self, orch: RoundHost) -> None:
         """Rings train against ring sessions only; per-device server sessions would sit stale (and be
         written into every checkpoint)."""
         servers = [*orch.edges.values(), orch.cloud]
@@ -462,11 +462,11 @@ class RingRounds:
         ray.get([s.close_session.remote(sid) for s, ids in zip(servers, held, strict=True)
                  for sid in ids if sid in orch.devices])
 
-    def _move(self, orch: Orchestrator, x: _RingRun, dst: str):
+    def _move(self, orch: RoundHost, x: _RingRun, dst: str):
         return orch.edges[x.at].migrate_out.remote(x.rid, orch.receivers[dst], orch.migration_key,
                                                    orch.scenario.policy.migration_timeout_s)
 
-    def _pass_sessions(self, orch: Orchestrator, turn: dict[str, _RingRun]) -> None:
+    def _pass_sessions(self, orch: RoundHost, turn: dict[str, _RingRun]) -> None:
         """Bring each ring's session to its next member's edge over the migration channel."""
         moves = [(m, x, x.at, orch.session_at[m]) for m, x in sorted(turn.items())
                  if x.ring.key.n_tiers >= 2 and x.at != orch.session_at[m]]
@@ -503,7 +503,7 @@ class RingRounds:
             ray.get(closes)
             moves = later
 
-    def _load_device_side(self, orch: Orchestrator, turn: dict[str, _RingRun], start) -> None:
+    def _load_device_side(self, orch: RoundHost, turn: dict[str, _RingRun], start) -> None:
         calls = []
         for m, x in turn.items():
             host = orch.hosts[orch.host_of[m]]
@@ -513,7 +513,7 @@ class RingRounds:
                 calls.append(host.import_stage.remote(m, *x.carried))
         ray.get(calls)
 
-    def _ring_models(self, orch: Orchestrator, runs: dict[str, _RingRun]) -> list[tuple[dict, float]]:
+    def _ring_models(self, orch: RoundHost, runs: dict[str, _RingRun]) -> list[tuple[dict, float]]:
         kept = [x for x in runs.values() if not x.dropped and x.carried is not None and x.samples > 0]
         refs = []
         for x in kept:
@@ -535,7 +535,7 @@ class RingRounds:
             models.append((model, float(x.samples)))
         return models
 
-    def _push(self, orch: Orchestrator, state: dict[str, np.ndarray]) -> None:
+    def _push(self, orch: RoundHost, state: dict[str, np.ndarray]) -> None:
         """Every device's stage gets the new global model (ring sessions are opened afresh next round)."""
         ref = ray.put(state)
         for d in orch.devices:
@@ -548,7 +548,7 @@ class RingRounds:
         ray.get(calls)
 
     # ----- mobility -----
-    def _check_handovers(self, orch: Orchestrator, t_s: float, measured_s: float, plan: RingRoundPlan,
+    def _check_handovers(self, orch: RoundHost, t_s: float, measured_s: float, plan: RingRoundPlan,
                          runs: dict[str, _RingRun], start) -> None:
         """Handovers up to ``t_s`` (predicted; ``measured_s`` as charged) into the round; a ring whose
         active member moved follows it (``migrate``) or starts its round over at the new edge (``restart``)."""
@@ -569,7 +569,7 @@ class RingRounds:
                         and x.at != h.to_edge and x.at in orch.edges):
                     self._follow_active_member(orch, x, d, h.to_edge, start)
 
-    def _follow_active_member(self, orch: Orchestrator, x: _RingRun, device: str, dst: str, start) -> None:
+    def _follow_active_member(self, orch: RoundHost, x: _RingRun, device: str, dst: str, start) -> None:
         src = x.at
         if orch.scenario.policy.handover == "migrate":
             out = ray.get(self._move(orch, x, dst))

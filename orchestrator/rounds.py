@@ -7,7 +7,7 @@ events, re-planning, checkpoints) does not know which policy it runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -15,7 +15,7 @@ from tierflow.placement.cost import Charge, makespan_s
 from tierflow.tiers.hosts import TrainReport
 
 if TYPE_CHECKING:
-    from tierflow.orchestrator.runner import Orchestrator
+    from tierflow.orchestrator.round_context import RoundHost
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class RoundResult:
 class RoundPolicy(Protocol):
     name: str
 
-    def run_round(self, orch: Orchestrator) -> RoundResult:
+    def run_round(self, orch: RoundHost) -> RoundResult:
         """Train and aggregate one round; leave the new global model in ``orch.global_state``."""
 
     def export_state(self) -> dict:
@@ -52,7 +52,7 @@ class SyncRounds:
     def import_state(self, state: dict) -> None:
         pass
 
-    def run_round(self, orch: Orchestrator) -> RoundResult:
+    def run_round(self, orch: RoundHost) -> RoundResult:
         sc = orch.scenario
         reports: list[TrainReport] = []
         virtual_round = predicted = 0.0
@@ -84,18 +84,3 @@ def add_compute(total: tuple[float, float, float], charges: Iterable[Charge]) ->
     for ch in charges:
         d, e, c = d + ch.cost.compute_s[0], e + ch.cost.compute_s[1], c + ch.cost.compute_s[2]
     return d, e, c
-
-
-def _ring_rounds() -> RoundPolicy:
-    from tierflow.orchestrator.rings_round import RingRounds  # it imports this module: bind late
-
-    return RingRounds()
-
-
-# Round policies by name: each entry makes a fresh policy object.
-ROUND_POLICIES: dict[str, Callable[[], RoundPolicy]] = {"sync": SyncRounds, "rings": _ring_rounds}
-
-
-def round_policy_for(rings: int | str) -> RoundPolicy:
-    """``policy.rings: off`` trains synchronously; anything else (``auto`` or K) in capability rings."""
-    return ROUND_POLICIES["sync" if rings == "off" else "rings"]()

@@ -30,7 +30,7 @@ from tierflow.orchestrator.mobility import build_detector, build_mobility
 from tierflow.orchestrator.planning import DevicePlan, Observed, Planner, device_flops_per_step
 from tierflow.orchestrator.profiles import PROFILE_FILE, profile_digest, write_profile
 from tierflow.orchestrator.resources import ResourceModel
-from tierflow.orchestrator.rounds import round_policy_for
+from tierflow.orchestrator.round_policies import round_policy_for
 from tierflow.orchestrator.scenario import CLOUD_EDGE, Scenario
 from tierflow.orchestrator.world import World, build_world
 from tierflow.placement.cost import Charge, TierSpeeds, makespan_s
@@ -470,7 +470,7 @@ class Orchestrator:
             self.splits[d] = keys[d]
         ray.get([c for d in devices for c in self._open_device(d, self.splits[d], state, carried[d])])
 
-    # ----- checkpoints (issue 7: an orchestrator that dies loses no completed round) -----
+    # ----- checkpoints: an orchestrator that dies loses no completed round -----
     def save_checkpoint(self, log: EventLog, wall_s: float) -> None:
         """Everything the next round depends on, taken at the round boundary."""
         hosts = [h for h in range(len(self.hosts)) if h not in self.lost_hosts]

@@ -1,4 +1,4 @@
-"""Planning many devices at once from a precomputed candidate set (design §4.1b).
+"""Planning many devices at once from a precomputed candidate set.
 
 A partition x's batch time is linear in the inverse speeds and bandwidths:
 T_x(p) = F_x · p with p = (1/s_0, 1/s_1[, 1/s_2], 1/B_1[, 1/B_2]). The best time

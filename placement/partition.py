@@ -1,4 +1,4 @@
-"""Exact tier partition by one minimum s–t cut (design §4.1), with a chain fast path and oracle.
+"""Exact tier partition by one minimum s–t cut, with a chain fast path and oracle.
 
 Construction (Ishikawa layers, DADS auxiliaries). For K ordered tiers each node v gets K-1 binary
 variables y_k(v) = [x_v >= k], one graph node each; y = 1 means "on the source side". Then

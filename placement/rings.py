@@ -1,4 +1,4 @@
-"""Capability rings (design §4.3, FedHiSyn): group devices by round time, order each ring.
+"""Capability rings (FedHiSyn): group devices by round time, order each ring.
 
 Grouping is optimal 1-D k-means (least within-ring sum of squares) by dynamic programme: in one
 dimension an optimal clustering is contiguous in sorted order, so DP over prefix cut points is

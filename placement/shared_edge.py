@@ -1,4 +1,4 @@
-"""Several devices sharing one edge server: minimise the batch makespan (design §4.2).
+"""Several devices sharing one edge server: minimise the batch makespan.
 
 Model of sharing. Every device i runs one batch; its placement x_i gives a dedicated-edge batch
 time T_i(x_i) (the cost model with the edge at its full speed S) and an edge work E_i(x_i)

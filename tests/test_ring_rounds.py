@@ -20,7 +20,8 @@ from tierflow.orchestrator.rings_round import (
     plan_ring_round,
     ring_average,
 )
-from tierflow.orchestrator.rounds import ROUND_POLICIES, SyncRounds, round_policy_for
+from tierflow.orchestrator.round_policies import ROUND_POLICIES, round_policy_for
+from tierflow.orchestrator.rounds import SyncRounds
 from tierflow.orchestrator.runner import RunOptions, run_scenario
 from tierflow.orchestrator.scenario import parse_scenario
 from tierflow.orchestrator.world import build_world

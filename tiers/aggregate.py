@@ -56,13 +56,6 @@ class WeightedSum:
         return max(self.weights.values(), default=0.0)
 
 
-def merge_all(parts: Iterable[WeightedSum]) -> WeightedSum:
-    total = WeightedSum()
-    for part in parts:
-        total.merge(part)
-    return total
-
-
 def weighted_average(states: Iterable[tuple[Mapping[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
     """Plain FedAvg over whole models: the flat oracle for the hierarchical version."""
     acc = WeightedSum()

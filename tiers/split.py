@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import fx, nn
 
 
@@ -28,10 +27,6 @@ class Stage:
     module: fx.GraphModule
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
-
-    @property
-    def parameter_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.module.named_parameters())
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -142,6 +137,3 @@ def split_model(model: nn.Module, cuts: Sequence[str | int]) -> list[Stage]:
     gm = trace(model)
     return split_graph(gm, assignment_from_cuts(gm, cuts), len(cuts) + 1)
 
-
-def stage_state(stage: Stage) -> dict[str, torch.Tensor]:
-    return stage.module.state_dict()
