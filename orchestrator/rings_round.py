@@ -174,11 +174,8 @@ def form_ring_groups(round_time_s: Mapping[str, float], edge_of: Mapping[str, st
     """Rings over the connected devices (edge not None) by predicted round time, fastest ring first;
     within a ring, members on one edge are adjacent (a hop between edges moves the ring session)."""
     times = {d: t for d, t in round_time_s.items() if edge_of.get(d) is not None}
-
-    def latency(a: str, b: str) -> float:
-        return 0.0 if edge_of[a] == edge_of[b] else 1.0
-
-    return tuple(r.members for r in form_rings(times, k, latency))
+    sites = {d: edge_of[d] for d in times}
+    return tuple(r.members for r in form_rings(times, k, site_of=sites))
 
 
 def ring_ids(n: int, taken: Collection[str] = ()) -> list[str]:

@@ -90,3 +90,66 @@ def test_form_rings_edge_cases():
     assert form_rings({"a": 2.0}, k=3)[0].members == ("a",)
     with pytest.raises(ValueError):
         form_rings({"a": 0.0})
+
+
+def _reference_kmeans_sse(values, k):
+    """The O(k n^2) dynamic programme over sorted prefix cut points, summing each cluster directly."""
+    v = sorted(values)
+    n = len(v)
+
+    def sse(i, j):
+        mean = sum(v[i:j]) / (j - i)
+        return sum((x - mean) ** 2 for x in v[i:j])
+
+    best = [[math.inf] * (n + 1) for _ in range(k + 1)]
+    best[0][0] = 0.0
+    for m in range(1, k + 1):
+        for j in range(m, n + 1):
+            best[m][j] = min(best[m - 1][i] + sse(i, j) for i in range(m - 1, j))
+    return best[k][n]
+
+
+def _reference_choose_k(values, max_ratio):
+    for k in range(1, len(values) + 1):
+        km = optimal_kmeans_1d(values, k)
+        if all(max(values[i] for i in c) <= max_ratio * min(values[i] for i in c) for c in km.clusters):
+            return k
+    return len(values)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.01, 1000.0), min_size=1, max_size=40), st.data())
+def test_divide_and_conquer_kmeans_equals_the_quadratic_programme(values, data):
+    k = data.draw(st.integers(1, len(values)))
+    km = optimal_kmeans_1d(values, k)
+    assert math.isclose(km.sse, _reference_kmeans_sse(values, k), rel_tol=1e-9, abs_tol=1e-9)
+    assert sorted(i for c in km.clusters for i in c) == list(range(len(values)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.5, 50.0), min_size=1, max_size=30), st.floats(1.05, 3.0))
+def test_choose_k_starts_at_the_fewest_groups_and_agrees_with_a_scan_from_one(values, ratio):
+    assert choose_k(values, ratio) == _reference_choose_k(values, ratio)
+
+
+def test_many_devices_are_clustered_exactly_against_the_reference_on_a_sample():
+    import random
+
+    rng = random.Random(7)
+    values = [rng.lognormvariate(0.0, 1.0) for _ in range(120)]
+    for k in (1, 2, 5, 17):
+        assert math.isclose(optimal_kmeans_1d(values, k).sse, _reference_kmeans_sse(values, k), rel_tol=1e-9)
+    big = [rng.uniform(1.0, 30.0) for _ in range(20_000)]
+    rings = form_rings({f"d{i}": t for i, t in enumerate(big)}, k=None, max_ratio=1.5)
+    assert sum(len(r.members) for r in rings) == len(big)
+    assert all(r.spread_ratio <= 1.5 for r in rings)
+
+
+def test_rings_by_site_keep_each_site_together_and_the_fastest_first():
+    times = {"a": 1.0, "b": 1.1, "c": 1.2, "d": 1.3, "e": 1.4}
+    site = {"a": "x", "b": "y", "c": "x", "d": "y", "e": "z"}
+    (ring,) = form_rings(times, k=1, site_of=site)
+    assert ring.members == ("a", "c", "b", "d", "e")
+    assert ring.cycle_latency_s == 3.0
+    (ring,) = form_rings({"a": 1.0, "b": 1.0}, k=1, site_of={"a": "x", "b": "x"})
+    assert ring.cycle_latency_s == 0.0

@@ -72,7 +72,9 @@ def test_the_plan_groups_by_speed_respects_k_leaves_out_the_disconnected_and_is_
     crossing = _plan(times, edges, 2, pass_s=lambda a, b, key: 0.0 if edges[a] == edges[b] else 0.5)
     fast = crossing.rings[0]
     assert sorted(fast.pass_s) == [0.0, 0.5, 0.5]
-    assert fast.hops == 13 and fast.predicted_s <= 11.0  # four times round (2.5 s with passes), then f2
+    assert fast.members == ("f2", "f0", "f1")  # the members of one edge together, the fastest first
+    # The first hop needs no pass: 2.0 s round once, then 2.5 s (with passes) three times, then f2, f0.
+    assert fast.hops == 14 and fast.predicted_s <= 11.0
     assert crossing.rings[1].hops == 2  # 5.0, then 0.5 + 5.5: exactly the interval
     assert fast.predicted_s == sum(hop_cost_s(fast.hop_s, fast.pass_s, h) for h in range(fast.hops))
 
