@@ -25,6 +25,7 @@ test: venv
 bench: venv
 	$(BIN)/python benchmarks/split_overhead.py
 	$(BIN)/python benchmarks/placement.py
+	$(BIN)/python benchmarks/plan_scale.py
 	$(BIN)/python benchmarks/migration.py
 
 clean:

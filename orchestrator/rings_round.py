@@ -28,6 +28,10 @@ state over the edge-to-edge backhaul): on a slow backhaul a ring spread over edg
 predicted synchronous round of the slowest connected device, so the slowest ring makes one round's
 worth of hops and fast rings make several. A ring's visits go on from round to round where the last
 round stopped, so every member gets its turns even when a ring makes fewer hops than it has members.
+A move the plan could not foresee (a handover) can make a ring's later hops dearer: its session and
+a member now sit on different edges, so hops pay passes. Before each hop a ring is charged as things
+stand (the member's planned hop plus the pass it now needs); a ring whose next hop would end past the
+interval stops there, so a round lasts its interval whatever moves (a ring's first hop always runs).
 
 Ring passes and handovers. When the next member sits on another edge, the ring session moves there
 over the migration channel (``migrate_out`` to the destination's receiver, then the source copy is
@@ -384,6 +388,9 @@ class RingRounds:
             for x in pending:
                 if x.pred_s < t0 + window:
                     member = x.ring.member(x.next_hop)
+                    if x.trained_hops and x.clock_s + self._hop_now_s(orch, x, member) > plan.interval_s * (1 + 1e-9):
+                        x.stopped = True  # moves the plan did not foresee made its hops dearer: it ends in time
+                        continue
                     x.pred_s += x.ring.cost_s(x.next_hop)  # the slot passes, used or not
                     x.next_hop += 1
                     if orch.available(member):  # out of coverage or on a lost host: it sits its turn out
@@ -417,6 +424,8 @@ class RingRounds:
                 busy["@cloud-tier"] = busy.get("@cloud-tier", 0.0) + charge.cost.compute_s[2]
             if failed:
                 orch.drop_dead_edges({})
+        # The next round goes on from where each ring stopped (earlier than planned, if it ran out of time).
+        self.firsts = [(x.ring.first + x.next_hop) % len(x.ring.members) for x in runs.values()]
         models = self._ring_models(orch, runs)
         ray.get([c for x in runs.values() for c in self._close_calls(orch, x)])
         if models:
@@ -433,6 +442,15 @@ class RingRounds:
                        "dropped": {x.rid: x.dropped for x in runs.values() if x.dropped},
                        "left_out": list(plan.left_out)})
         return RoundResult(reports, virtual, predicted, {r.ring_id: list(r.members) for r in plan.rings}, compute)
+
+    def _hop_now_s(self, orch: RoundHost, x: _RingRun, member: str) -> float:
+        """The next hop's charge as things stand: the member's planned hop, and a pass when the
+        ring session is not on the member's edge now (a handover may have moved either)."""
+        hop_s = x.ring.hop_s[(x.ring.first + x.next_hop) % len(x.ring.members)]
+        dst = orch.session_at[member]
+        if x.ring.key.n_tiers < 2 or dst == x.at:
+            return hop_s
+        return hop_s + self.pass_s_between(orch, x.at, dst, x.ring.key)
 
     # ----- ring sessions -----
     def _open_calls(self, orch: RoundHost, x: _RingRun, state_ref) -> list:
