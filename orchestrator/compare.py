@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from tierflow.orchestrator.cluster import ensure_ray
 from tierflow.orchestrator.errors import TierflowError
 from tierflow.orchestrator.events import read_events
 from tierflow.orchestrator.scenario import MobilitySpec, Scenario
@@ -291,6 +292,7 @@ def compare(scenario: Scenario, names: Sequence[str], out: Path, address: str | 
         raise TierflowError(f"unknown variants {', '.join(unknown)}; expected some of {', '.join(VARIANTS)}")
     if rounds is not None:
         scenario = replace(scenario, training=replace(scenario.training, rounds=rounds))
+    ensure_ray(address)  # before any directory exists
     out.mkdir(parents=True, exist_ok=True)
     if profile is None:
         profile = _layer_profile(scenario, out, profile_path)
@@ -328,6 +330,7 @@ def compare_over_seeds(reseed: Callable[[int], Scenario], seeds: Sequence[int], 
     from tierflow.orchestrator.compare_seeds import markdown_seeds, plot_seeds, to_json_seeds
 
     first = reseed(seeds[0])
+    ensure_ray(address)  # before any directory exists
     out.mkdir(parents=True, exist_ok=True)
     profile = _layer_profile(first, out, profile_path)
     by_seed: dict[int, list[Row]] = {}
