@@ -219,3 +219,13 @@ def test_a_failed_ray_init_is_a_tierflow_error(monkeypatch):
             cluster.ensure_ray(gcs.address)
     finally:
         gcs.server.stop(None)
+
+
+def test_cli_bad_address_exits_2_before_the_run_directory_exists(tmp_path, capsys):
+    from tierflow.orchestrator.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    assert main(["run", str(root / "examples" / "quickstart.yaml"), "--address", "127.0.0.1", "--out", str(out)]) == 2
+    assert "--address: expected HOST:PORT" in capsys.readouterr().err
+    assert not out.exists()
