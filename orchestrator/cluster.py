@@ -125,9 +125,8 @@ def ensure_ray(address: str | None) -> ClusterTarget:
 
 
 def _where(target: ClusterTarget) -> str:
-    if target.source in ("--address", "RAY_ADDRESS"):
-        return target.source
-    return f"the Ray cluster in {target.source}" if target.joins else "ray"
+    """What an error message starts with: the flag, the variable or the address file it came from."""
+    return target.source if target.joins or target.source == "RAY_ADDRESS" else "Ray"
 
 
 def _first_line(exc: BaseException) -> str:

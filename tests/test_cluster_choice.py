@@ -229,3 +229,20 @@ def test_cli_bad_address_exits_2_before_the_run_directory_exists(tmp_path, capsy
     assert main(["run", str(root / "examples" / "quickstart.yaml"), "--address", "127.0.0.1", "--out", str(out)]) == 2
     assert "--address: expected HOST:PORT" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_found_cluster_needing_a_token_names_the_address_file(no_token, monkeypatch, tmp_path):
+    import ray
+
+    gcs = _Gcs("s3cret")
+    try:
+        env = _env_with_cluster(tmp_path, gcs.address)
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        monkeypatch.setenv("RAY_TMPDIR", env["RAY_TMPDIR"])
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
+        monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail("ray.init must not be reached"))
+        path = tmp_path / "ray" / "ray_current_cluster"
+        with pytest.raises(TierflowError, match=rf"^{path}: the Ray cluster at {gcs.address} requires a token"):
+            cluster.ensure_ray(None)
+    finally:
+        gcs.server.stop(None)
