@@ -9,6 +9,9 @@ from pathlib import Path
 
 from tierflow.orchestrator.errors import TierflowError
 
+ADDRESS_HELP = ("HOST:PORT of a Ray cluster's head, or 'local' (default: RAY_ADDRESS, else the `ray start` cluster "
+                "on this machine, else a private local Ray)")
+
 
 def _default_out(scenario_path: str) -> Path:
     return Path("runs") / Path(scenario_path).stem
@@ -146,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("scenario", nargs="?", help="the scenario file (with --resume: the one the run recorded)")
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="continue an interrupted run from its last round-boundary checkpoint")
-    run.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
+    run.add_argument("--address", help=ADDRESS_HELP)
     run.add_argument("--out", help="run directory (default: runs/<scenario name>)")
     run.add_argument("--metrics-addr", default=None,
                      help="serve Prometheus metrics at HOST:PORT (e.g. 127.0.0.1:9464); off by default")
@@ -163,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "fixed+migrate, fixed+restart, fixed+static, adaptive, adaptive+rings, "
                                         "adaptive+rings+migrate, adaptive+rings+restart, adaptive+rings+static")
     cmp.add_argument("--out", help="output directory (default: runs/<scenario>-compare)")
-    cmp.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
+    cmp.add_argument("--address", help=ADDRESS_HELP)
     cmp.add_argument("--rounds", type=int, help="override training.rounds (a quick look)")
     cmp.add_argument("--profile", metavar="FILE", help=PROFILE_HELP)
     cmp.add_argument("--seeds", help="comma-separated training seeds: every variant on each, then means and "

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from tierflow.orchestrator.cluster import ensure_ray
 from tierflow.orchestrator.errors import TierflowError
 from tierflow.orchestrator.events import read_events
 from tierflow.orchestrator.scenario import MobilitySpec, Scenario
@@ -291,6 +292,7 @@ def compare(scenario: Scenario, names: Sequence[str], out: Path, address: str | 
         raise TierflowError(f"unknown variants {', '.join(unknown)}; expected some of {', '.join(VARIANTS)}")
     if rounds is not None:
         scenario = replace(scenario, training=replace(scenario.training, rounds=rounds))
+    ensure_ray(address)  # before any directory exists
     out.mkdir(parents=True, exist_ok=True)
     if profile is None:
         profile = layer_profile(scenario, out, profile_path)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tierflow.orchestrator.cluster import ensure_ray
 from tierflow.orchestrator.compare import ALL_ROUNDS, Row, compare, layer_profile, summary_ratios
 from tierflow.orchestrator.scenario import Scenario
 
@@ -147,6 +148,7 @@ def compare_over_seeds(reseed: Callable[[int], Scenario], seeds: Sequence[int], 
     """Every variant on each seed (``out/seed<s>/``, each with its own table), then one table and plot
     of means and min-max over the seeds in ``out``. One layer profile serves every run."""
     first = reseed(seeds[0])
+    ensure_ray(address)  # before any directory exists
     out.mkdir(parents=True, exist_ok=True)
     profile = layer_profile(first, out, profile_path)
     by_seed: dict[int, list[Row]] = {}

@@ -8,7 +8,6 @@ execute (conventions: controller and replicas).
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from dataclasses import astuple, dataclass
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from tierflow.orchestrator.aggregation import AGGREGATIONS, restrict
 from tierflow.orchestrator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, scenario_fingerprint
 from tierflow.orchestrator.clock import build_cost_model, session_move_s, tier_speeds
+from tierflow.orchestrator.cluster import ensure_ray
 from tierflow.orchestrator.errors import TierflowError
 from tierflow.orchestrator.events import EventLog
 from tierflow.orchestrator.handover_policies import HANDOVER_POLICIES, MoveResult
@@ -55,16 +55,6 @@ class RunOptions:
     resume: bool = False  # continue from out_dir's last round-boundary checkpoint
     profile: LayerProfile | None = None  # the layer profile to charge (a comparison's); None: profile_path
     profile_path: str | None = None  # a layer profile file; None: this host's cached profile (timed if missing)
-
-
-def init_ray(address: str | None) -> None:
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=True)
-    else:
-        ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, logging_level="WARNING",
-                 configure_logging=True)
 
 
 def dataplane_host() -> str | None:
@@ -691,6 +681,7 @@ class Orchestrator:
 
     # ----- the run -----
     def run(self) -> dict:
+        ensure_ray(self.options.address)  # a refused connection fails before the run directory exists
         out = self.options.out_dir
         out.mkdir(parents=True, exist_ok=True)
         exporter = None
@@ -727,7 +718,6 @@ class Orchestrator:
         sc = self.scenario
         out = self.options.out_dir
         t_start = time.perf_counter()
-        init_ray(self.options.address)
         self.start_actors()
         self.log = log
         first = 1

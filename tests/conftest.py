@@ -10,6 +10,9 @@ import pytest
 # Layer profiles are cached per host: one cache for the whole session (and the CLI runs it starts),
 # apart from the user's own, so the tests neither depend on it nor write into it.
 os.environ.setdefault("TIERFLOW_CACHE_DIR", tempfile.mkdtemp(prefix="tierflow-test-cache-"))
+# A `ray start` cluster someone left on this machine must not capture the session or the CLI runs it
+# starts: "local" makes every ray.init here (and tierflow's choice of cluster) start a private instance.
+os.environ.setdefault("RAY_ADDRESS", "local")
 
 
 @pytest.fixture(scope="session")

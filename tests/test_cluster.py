@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -14,9 +15,13 @@ HERE = Path(__file__).parent
 def test_actors_run_on_nodes_of_their_kind(tmp_path):
     scenario = tmp_path / "tiny.yaml"
     scenario.write_text((HERE / "good_scenario.yaml").read_text().replace("rounds: 1", "rounds: 2"))
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
-    proc = subprocess.run([sys.executable, str(HERE / "cluster_job.py"), str(scenario)], capture_output=True,
-                          text=True, timeout=400, env=env)
+    # Its own Ray temp dir (short: socket paths are bounded): the cluster's address file must not
+    # send other runs on this machine to it.
+    with tempfile.TemporaryDirectory(prefix="tfcl-", dir="/tmp") as ray_tmp:
+        env = {**os.environ, "PYTHONPATH": str(HERE.parent), "RAY_TMPDIR": ray_tmp}
+        proc = subprocess.run([sys.executable, str(HERE / "cluster_job.py"), str(scenario)], capture_output=True,
+                              text=True, timeout=400, env=env)
+        assert any((Path(ray_tmp) / "ray").glob("session_*")), "the cluster did not use its own temp dir"
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     nodes, placed = result["nodes"], result["actor_nodes"]

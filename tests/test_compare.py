@@ -152,12 +152,13 @@ def test_policies_parse_in_order_and_unknown_names_fail_before_ray(capsys, monke
     with pytest.raises(TierflowError):
         parse_policies(" , ")
 
-    from tierflow.orchestrator import runner
+    from tierflow.orchestrator import compare, runner
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray must not start for a bad --policies")
 
-    monkeypatch.setattr(runner, "init_ray", no_ray)
+    monkeypatch.setattr(runner, "ensure_ray", no_ray)
+    monkeypatch.setattr(compare, "ensure_ray", no_ray)
     assert main(["compare", str(ROOT / "examples" / "quickstart.yaml"), "--policies", "fixed,teleport"]) == 2
     err = capsys.readouterr().err
     assert "teleport" in err and "adaptive+rings+restart" in err

@@ -3,6 +3,8 @@
     python deploy/grafana/dashboard.py            # writes deploy/grafana/dashboards/tierflow.json
     python deploy/grafana/dashboard.py --check    # exit 1 if the committed JSON is stale
 
+The panels are described by the dataclasses below; Grafana Labs' builders (grafana-foundation-sdk,
+pinned to the Grafana version deploy/docker-compose.yml runs) turn them into Grafana's JSON.
 Edit the panels here, never the JSON. tests/test_dashboard.py checks the committed file is what
 this produces and that every expression names only metrics the exporter exposes;
 tests/test_prometheus_integration.py runs every expression against a real Prometheus.
@@ -172,96 +174,89 @@ TIERFLOW = Dashboard(
 )
 
 
-# -- JSON ---------------------------------------------------------------------------------------
+# -- JSON, through Grafana Labs' own builders (grafana-foundation-sdk) ----------------------------
 
-def _target_json(t: Target, ref: str) -> dict:
-    out = {"datasource": DATASOURCE, "expr": t.expr, "legendFormat": t.legend or "__auto", "refId": ref}
-    if t.instant:
-        out.update(instant=True, range=False)
-    return out
+def _sdk():
+    """The SDK's modules; a missing SDK is one sentence, not an ImportError deep in a builder."""
+    try:
+        from grafana_foundation_sdk.builders import common as bc
+        from grafana_foundation_sdk.builders import dashboard as bd
+        from grafana_foundation_sdk.builders import prometheus as bp
+        from grafana_foundation_sdk.builders import stat as bs
+        from grafana_foundation_sdk.builders import timeseries as bt
+        from grafana_foundation_sdk.builders import xychart as bx
+        from grafana_foundation_sdk.models import common as mc
+        from grafana_foundation_sdk.models import dashboard as md
+    except ImportError as exc:
+        raise SystemExit(f"{__file__}: needs grafana-foundation-sdk (Python >= 3.11): pip install -e '.[dev]'"
+                         f" ({exc})") from exc
+    return bc, bd, bp, bs, bt, bx, mc, md
 
 
-def _panel_json(p: Panel, pid: int, x: int, y: int) -> dict:
-    defaults: dict = {"unit": p.unit}
-    if p.min is not None:
-        defaults["min"] = p.min
-    if p.max is not None:
-        defaults["max"] = p.max
-    out: dict = {
-        "id": pid,
-        "type": p.kind,
-        "title": p.title,
-        "description": p.description,
-        "datasource": DATASOURCE,
-        "gridPos": {"h": p.height, "w": p.width, "x": x, "y": y},
-        "targets": [_target_json(t, chr(ord("A") + i)) for i, t in enumerate(p.targets)],
-    }
+def _panel_builder(p: Panel, pid: int):
+    bc, _, bp, bs, bt, bx, mc, md = _sdk()
+    source = md.DataSourceRef(type_val=DATASOURCE["type"], uid=DATASOURCE["uid"])
+    legend = bc.VizLegendOptions().display_mode(mc.LegendDisplayMode.LIST).placement(
+        mc.LegendPlacement.BOTTOM).show_legend(True)
     if p.kind == "timeseries":
-        defaults["custom"] = {
-            "drawStyle": "line", "lineWidth": 1, "fillOpacity": 10 if p.stack else 0, "showPoints": "never",
-            "spanNulls": True, "stacking": {"mode": "normal" if p.stack else "none", "group": "A"},
-        }
-        out["options"] = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-                          "tooltip": {"mode": "multi", "sort": "desc"}}
+        b = (bt.Panel().draw_style(mc.GraphDrawStyle.LINE).line_width(1).fill_opacity(10 if p.stack else 0)
+             .show_points(mc.VisibilityMode.NEVER).span_nulls(True)
+             .stacking(bc.StackingConfig().mode(mc.StackingMode.NORMAL if p.stack else mc.StackingMode.NONE)
+                       .group("A"))
+             .legend(legend).tooltip(bc.VizTooltipOptions().mode(mc.TooltipDisplayMode.MULTI)
+                                     .sort(mc.SortOrder.DESCENDING)))
     elif p.kind == "stat":
-        out["options"] = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                          "colorMode": "none", "graphMode": "none", "textMode": "auto"}
-        if "{{" in p.targets[0].legend:
-            out["options"]["textMode"] = "name"
+        named = "{{" in p.targets[0].legend
+        b = (bs.Panel().reduce_options(bc.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False))
+             .color_mode(mc.BigValueColorMode.NONE).graph_mode(mc.BigValueGraphMode.NONE)
+             .text_mode(mc.BigValueTextMode.NAME if named else mc.BigValueTextMode.AUTO))
     elif p.kind == "xychart":
         # Join the two queries on time; in "auto" mode the first numeric field (virtual time) is x.
-        out["transformations"] = [{"id": "joinByField", "options": {"byField": "Time", "mode": "outer"}},
-                                  {"id": "organize", "options": {"excludeByName": {"Time": True}}}]
-        out["options"] = {"seriesMapping": "auto", "dims": {"frame": 0},
-                          "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}
-        defaults["custom"] = {"show": "points+lines", "pointSize": {"fixed": 4}}
+        b = (bx.Panel().series_mapping("auto").dims(bx.XYDimensionConfig().frame(0)).legend(legend)
+             .show("points+lines").point_size(bc.ScaleDimensionConfig().fixed(4))
+             .with_transformation(md.DataTransformerConfig(id_val="joinByField",
+                                                           options={"byField": "Time", "mode": "outer"}))
+             .with_transformation(md.DataTransformerConfig(id_val="organize",
+                                                           options={"excludeByName": {"Time": True}})))
     else:
         raise ValueError(f"panel {p.title!r}: unknown kind {p.kind!r}")
-    out["fieldConfig"] = {"defaults": defaults, "overrides": []}
-    return out
+    b = b.id(pid).title(p.title).description(p.description).datasource(source).height(p.height)
+    b = b.span(p.width).unit(p.unit)
+    if p.min is not None:
+        b = b.min(p.min)
+    if p.max is not None:
+        b = b.max(p.max)
+    for i, t in enumerate(p.targets):
+        q = bp.Dataquery().expr(t.expr).legend_format(t.legend or "__auto").ref_id(chr(ord("A") + i))
+        b = b.with_target((q.instant() if t.instant else q).datasource(source))
+    return b
 
 
 def to_json(d: Dashboard) -> dict:
-    panels: list[dict] = []
+    """The dashboard as Grafana's JSON. The builders lay panels out left to right, wrapping at the
+    grid's width, each row starting below the tallest panel above."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+
+    _, bd, _, _, _, _, _, md = _sdk()
+    b = (bd.Dashboard(d.title).uid(d.uid).description(d.description).tags(list(d.tags)).editable()
+         .tooltip(md.DashboardCursorSync.CROSSHAIR).refresh(d.refresh).time(d.time_from, "now").timezone("")
+         .version(1)
+         .with_variable(bd.DatasourceVariable("datasource").label("Data source").type("prometheus")
+                        .hide(md.VariableHide.DONT_HIDE)))
     pid = 1
-    y = 0
     for row in d.rows:
-        panels.append({"id": pid, "type": "row", "title": row.title, "collapsed": False,
-                       "gridPos": {"h": 1, "w": GRID_WIDTH, "x": 0, "y": y}, "panels": []})
+        b = b.with_row(bd.Row(row.title).id(pid))
         pid += 1
-        y += 1
-        x = 0
-        row_h = 0
         for p in row.panels:
-            if x + p.width > GRID_WIDTH:
-                x, y, row_h = 0, y + row_h, 0
-            panels.append(_panel_json(p, pid, x, y))
+            b = b.with_panel(_panel_builder(p, pid))
             pid += 1
-            x += p.width
-            row_h = max(row_h, p.height)
-        y += row_h
-    return {
-        "title": d.title,
-        "uid": d.uid,
-        "description": d.description,
-        "tags": list(d.tags),
-        "editable": True,
-        "graphTooltip": 1,
-        "refresh": d.refresh,
-        "schemaVersion": 39,
-        "version": 1,
-        "time": {"from": d.time_from, "to": "now"},
-        "timepicker": {},
-        "timezone": "",
-        "templating": {"list": [{
-            "name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
-            "current": {}, "hide": 0, "refresh": 1, "regex": "", "includeAll": False, "multi": False,
-        }]},
-        "annotations": {"list": []},
-        "links": [],
-        "panels": panels,
-        **d.extra,
-    }
+    out = json.loads(json.dumps(b.build(), cls=JSONEncoder))
+    for panel in out["panels"]:
+        g = panel["gridPos"]
+        if g["x"] + g["w"] > GRID_WIDTH:  # the builders wrap only after a row is full: widths must add up
+            raise ValueError(f"panel {panel['title']!r} overflows the {GRID_WIDTH}-column grid; fix the row's widths")
+    out.update(d.extra)
+    return out
 
 
 def render(d: Dashboard = TIERFLOW) -> str:
