@@ -319,7 +319,7 @@ def animate_city(traj: Trajectories, events: Sequence[dict], title: str, out: Pa
     devices = evenly(n, MAX_POINTS)
     tracked = evenly(n, MAX_PATHS)
     tracks = ax.add_collection(LineCollection([], linewidths=1.0, alpha=0.6, zorder=3))
-    dots = ax.scatter([], [], s=20 if len(devices) <= 500 else 6, edgecolors="black",
+    dots = ax.scatter([], [], s=34 if len(devices) <= 500 else 6, edgecolors="black",
                       linewidths=0.4 if len(devices) <= 500 else 0.0, zorder=5)
     flash = ax.scatter([], [], marker="o", s=110, facecolors="none", edgecolors="red", linewidths=1.8, zorder=10)
     past = ax.scatter([], [], marker="x", s=20, color="black", alpha=0.4, zorder=8)
@@ -331,6 +331,8 @@ def animate_city(traj: Trajectories, events: Sequence[dict], title: str, out: Pa
     ho_xy = np.array([(m.x, m.y) for m in handovers]).reshape(len(handovers), 2)
     all_t = np.array([m.t_s for m in marks if m.kind == "handover"])
     handles = _edge_handles(traj, palette) + [
+        Line2D([], [], linestyle="none", marker="o", markerfacecolor="dimgray", markeredgecolor="black",
+               markersize=5, label="device, coloured by serving edge"),
         Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", markeredgecolor="red", markersize=9,
                label="handover just now"),
         Line2D([], [], linestyle="none", marker="x", color="black", alpha=0.5, markersize=6, label="earlier handover")]

@@ -324,3 +324,19 @@ def test_a_real_run_records_its_city_and_a_resume_keeps_it(ray_session, tmp_path
     resumed = load_trajectories(cut / TRAJECTORIES)
     for name in ("times_s", "rounds", "positions", "serving", "handover_t_s", "handover_xy", "handover_device"):
         assert np.array_equal(getattr(resumed, name), getattr(whole, name)), name
+
+
+@pytest.mark.ray
+def test_a_ring_run_records_its_city(ray_session, tmp_path):
+    from tierflow.orchestrator.runner import RunOptions, run_scenario
+    from tierflow.orchestrator.scenario import load_scenario
+
+    path = tmp_path / "rings.yaml"
+    path.write_text(yaml.safe_dump({**SCENARIO, "name": "ring-city", "policy": {"rings": 2},
+                                    "training": {**SCENARIO["training"], "rounds": 2}}))
+    summary = run_scenario(load_scenario(path), RunOptions(out_dir=tmp_path / "run", progress=False))
+    traj = load_trajectories(tmp_path / "run" / TRAJECTORIES)
+    assert traj.moving and set(traj.rounds.tolist()) == {0, 1, 2}
+    assert len(traj.handover_t_s) == summary["handovers"] > 0
+    paths = render_report(tmp_path / "run")
+    assert paths[-2].name == "city.png" and paths[-1].name == "city.gif"
