@@ -15,6 +15,8 @@ Arrays only, no objects: it loads with ``np.load(allow_pickle=False)``.
 
 from __future__ import annotations
 
+import io
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -24,13 +26,17 @@ from pathlib import Path
 import numpy as np
 
 from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.files import MiB, read_bytes
 
 TRAJECTORIES = "trajectories.npz"
 NO_EDGE = -1  # serving index of a device out of every edge's coverage
 MAX_FRAMES = 600
 BUDGET_BYTES = 16_000_000  # positions + serving edges of the kept frames
 MAX_HANDOVERS = 100_000
+FILE_LIMIT_BYTES = 64 * MiB  # what a recorder writes stays far below: the budget plus the handovers
 FORMAT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 Point = tuple[float, float]
 
@@ -175,9 +181,13 @@ class TrajectoryRecorder:
         depends on it."""
         try:
             old = load_trajectories(Path(run_dir) / TRAJECTORIES)
-        except (FileNotFoundError, TrajectoryError):
+        except FileNotFoundError:
+            return
+        except TrajectoryError as exc:
+            log.warning("%s; the city map starts at the resume", exc)
             return
         if list(old.devices) != self.devices:
+            log.warning("%s: recorded other devices; the city map starts at the resume", Path(run_dir) / TRAJECTORIES)
             return
         keep = old.rounds <= checkpoint_round
         self.edges = [str(e) for e in old.edges]
@@ -209,7 +219,15 @@ def load_trajectories(path: Path) -> Trajectories:
     if not path.exists():
         raise FileNotFoundError(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        data = read_bytes(path, "trajectories file", FILE_LIMIT_BYTES)
+    except TierflowError as exc:
+        raise TrajectoryError(str(exc)) from None
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            unpacked = sum(info.file_size for info in npz.zip.infolist())
+            if unpacked > 4 * FILE_LIMIT_BYTES:  # a compressed member that would unpack past any real file
+                raise TrajectoryError(f"{path}: unpacks to {unpacked} bytes; expected a trajectories file "
+                                      f"of at most {FILE_LIMIT_BYTES} bytes")
             missing = [k for k in (*_ARRAY_FIELDS, *_SCALAR_FIELDS) if k not in npz.files]
             if missing:
                 raise TrajectoryError(f"{path}: not a trajectories file (lacks {', '.join(missing)})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +149,8 @@ def test_resume_keeps_what_the_checkpoint_covers(tmp_path):
     assert len(fresh.snapshot().times_s) == 0
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing_field", "bad_shape", "bad_index", "pickle"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing_field", "bad_shape", "bad_index", "pickle",
+                                    "device", "bomb"])
 def test_damaged_trajectories_are_refused_naming_the_file(tmp_path, damage):
     synthetic_run(tmp_path, n_devices=3, rounds=2)
     path = tmp_path / TRAJECTORIES
@@ -158,6 +160,16 @@ def test_damaged_trajectories_are_refused_naming_the_file(tmp_path, damage):
         path.write_bytes(b"\x00not a zip" * 100)
     elif damage == "truncated":
         path.write_bytes(path.read_bytes()[:300])
+    elif damage == "device":  # an endless stream: refused, never read
+        path.unlink()
+        path.symlink_to("/dev/zero")
+    elif damage == "bomb":  # a small file whose member unpacks to 300 MB
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("positions.npy", "w",
+                                                                             force_zip64=True) as member:
+            chunk = bytes(1 << 20)
+            for _ in range(300):
+                member.write(chunk)
+        assert path.stat().st_size < 2_000_000
     else:
         if damage == "missing_field":
             del arrays["serving"]
