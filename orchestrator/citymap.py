@@ -34,7 +34,7 @@ from tierflow.orchestrator.trajectories import NO_EDGE, Trajectories
 
 MAX_PATHS = 150
 MAX_POINTS = 3000
-MAX_MARKERS = 500
+MAX_MARKERS = 200
 GIF_FLASHES = 60  # handovers highlighted in one animation frame
 GIF_FRAMES = 60
 GIF_FPS = 8
@@ -85,8 +85,11 @@ def edge_colors(n: int) -> list:
     if n <= 18:
         tab = matplotlib.colormaps["tab20"].colors
         return [tab[i] for i in range(20) if i not in (14, 15)][:n]
-    cmap = matplotlib.colormaps["turbo"]
-    return [cmap(0.05 + 0.9 * i / (n - 1)) for i in range(n)]
+    # Golden-ratio steps through the map: edges next to each other in the list (often next to each
+    # other in the city) get colours far apart.
+    cmap = matplotlib.colors.LinearSegmentedColormap.from_list("edges", matplotlib.colormaps["turbo"].colors,
+                                                              N=4096)  # interpolated: no two edges share a colour
+    return [cmap(0.05 + 0.9 * ((i * 0.6180339887) % 1.0)) for i in range(n)]
 
 
 def _palette(traj: Trajectories) -> np.ndarray:
@@ -213,14 +216,16 @@ def _draw_marks(ax, marks: Sequence[Mark], drawn: set[str] | None) -> tuple[dict
 
 def _edge_handles(traj: Trajectories, palette: np.ndarray) -> list:
     used = set(np.unique(traj.serving).tolist()) if traj.serving.size else set()
+    placed = np.all(np.isfinite(traj.edge_xy), axis=1)
     handles = []
-    if len(traj.edges) <= 12:
-        for i, name in enumerate(traj.edges):
-            if np.all(np.isfinite(traj.edge_xy[i])):
-                handles.append(Patch(facecolor=palette[i + 1], edgecolor="black", linewidth=0.5,
-                                     label=f"edge {name}"))
-            elif i in used:
-                handles.append(Patch(facecolor=palette[i + 1], label=f"{name} (cloud, re-homed)"))
+    if placed.sum() > 12:
+        handles.append(Patch(facecolor="white", edgecolor="black", label=f"{int(placed.sum())} edge servers "
+                             "(triangles), one colour each, with their coverage"))
+    for i, name in enumerate(traj.edges):
+        if placed[i] and placed.sum() <= 12:
+            handles.append(Patch(facecolor=palette[i + 1], edgecolor="black", linewidth=0.5, label=f"edge {name}"))
+        elif not placed[i] and i in used:
+            handles.append(Patch(facecolor=palette[i + 1], label=f"{name} (the cloud, serving re-homed devices)"))
     if NO_EDGE in used:
         handles.append(Patch(facecolor=NO_EDGE_COLOR, label="no edge (out of coverage)"))
     return handles
@@ -256,7 +261,7 @@ def _legend(side, handles: list) -> None:
 def _subtitle(traj: Trajectories, marks: Sequence[Mark]) -> str:
     n_h = sum(m.kind == "handover" for m in marks)
     n_m = sum(m.kind in ("migration", "failed_migration", "restart") for m in marks)
-    span = f", {traj.times_s[-1]:.0f} s of mobility" if len(traj.times_s) > 1 else ""
+    span = f", {traj.times_s[-1]:,.0f} s of mobility" if traj.moving else ", no device moves"
     return (f"{len(traj.devices)} devices, {sum(np.isfinite(traj.edge_xy[:, 0]))} edge servers{span}; "
             f"{n_h} handovers, {n_m} session moves")
 
@@ -288,12 +293,12 @@ def draw_city(traj: Trajectories, events: Sequence[dict], title: str, out: Path)
         devices = evenly(n, MAX_POINTS)
         last = traj.positions[-1, devices] if len(traj.times_s) else np.zeros((0, 2))
         serving = traj.serving[-1, devices].astype(int) if len(traj.times_s) else np.zeros(0, int)
-        ax.scatter(last[:, 0], last[:, 1], s=18 if n <= 500 else 6, c=palette[serving + 1], edgecolors="black",
+        ax.scatter(last[:, 0], last[:, 1], s=30 if n <= 500 else 6, c=palette[serving + 1], edgecolors="black",
                    linewidths=0.3 if n <= 500 else 0.0, zorder=5)
         what = "" if len(devices) == n else f" ({len(devices)} of {n} shown)"
         handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="dimgray",
                               markeredgecolor="black", markersize=5,
-                              label=f"device{what}, coloured by serving edge (no device moves)"))
+                              label=f"device{what}, coloured by serving edge"))
     drawn = None if len(devices) == n else {str(traj.devices[i]) for i in devices}
     counts, mark_handles = _draw_marks(ax, marks, drawn)
     _limits(ax, traj)
@@ -332,10 +337,12 @@ def animate_city(traj: Trajectories, events: Sequence[dict], title: str, out: Pa
     all_t = np.array([m.t_s for m in marks if m.kind == "handover"])
     handles = _edge_handles(traj, palette) + [
         Line2D([], [], linestyle="none", marker="o", markerfacecolor="dimgray", markeredgecolor="black",
-               markersize=5, label="device, coloured by serving edge"),
-        Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", markeredgecolor="red", markersize=9,
-               label="handover just now"),
-        Line2D([], [], linestyle="none", marker="x", color="black", alpha=0.5, markersize=6, label="earlier handover")]
+               markersize=5, label="device, coloured by serving edge")]
+    if handovers:
+        handles += [Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", markeredgecolor="red",
+                           markersize=9, label="handover just now"),
+                    Line2D([], [], linestyle="none", marker="x", color="black", alpha=0.5, markersize=6,
+                           label="earlier handover")]
     if len(tracked) < n:
         note = f"({len(devices)} of {n} devices drawn; tracks and handovers of {len(tracked)})"
         handles.append(Line2D([], [], linestyle="none", label=note))

@@ -243,6 +243,17 @@ def test_restart_policy_marks_restarts(tmp_path):
     assert "migration" not in drawn.marks
 
 
+@pytest.mark.parametrize("n", [1, 4, 9, 12, 18, 30, 200])
+def test_edge_colours_are_distinct_and_never_the_no_edge_grey(n):
+    import matplotlib.colors as mc
+
+    colors = [mc.to_hex(c) for c in citymap.edge_colors(n)]
+    assert len(colors) == n and len(set(colors)) == n
+    for c in colors:
+        r, g, b = mc.to_rgb(c)
+        assert max(r, g, b) - min(r, g, b) > 0.1, c  # not a grey
+
+
 def test_static_run_draws_the_placement(tmp_path):
     events = synthetic_run(tmp_path, n_devices=12, rounds=2, moving=False)
     traj = load_trajectories(tmp_path / TRAJECTORIES)
