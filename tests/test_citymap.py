@@ -363,3 +363,14 @@ def test_a_ring_run_records_its_city(ray_session, tmp_path):
     assert len(traj.handover_t_s) == summary["handovers"] > 0
     paths = render_report(tmp_path / "run")
     assert paths[-2].name == "city.png" and paths[-1].name == "city.gif"
+
+
+def test_a_device_re_homed_to_the_cloud_is_recorded_and_drawn_without_a_circle(tmp_path):
+    rec = TrajectoryRecorder("x", ["a", "b"], EDGES)
+    rec.record(0, 0.0, {"a": (0.0, 0.0), "b": (500.0, 0.0)}, {"a": "west", "b": "south"})
+    rec.record(1, 5.0, {"a": (10.0, 0.0), "b": (500.0, 10.0)}, {"a": "@cloud", "b": None})
+    traj = load_trajectories(rec.save(tmp_path))
+    assert list(traj.edges) == [e[0] for e in EDGES] + ["@cloud"] and np.isnan(traj.edge_xy[-1]).all()
+    assert traj.serving[-1].tolist() == [4, -1]
+    drawn = draw_city(traj, [], "t", tmp_path / "city.png")
+    assert drawn.edges == 4 and drawn.devices_drawn == 2
