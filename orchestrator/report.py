@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.trajectories import TRAJECTORIES, TrajectoryError, load_trajectories
 
 EVENT_LOG = "events.jsonl"
 ROUND_KEYS = ("round", "wall_time_s", "virtual_time_s", "accuracy", "bytes", "devices_per_edge", "splits")
@@ -204,7 +205,8 @@ def _placement(rounds: Sequence[dict], title: str, out: Path) -> Path:
 def render_report(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     """Write the run's plots as PNGs (into ``run_dir/report`` unless ``out_dir``); return their paths.
 
-    A log holding several runs (a reused run dir) is reported for its last run.
+    A log holding several runs (a reused run dir) is reported for its last run. A run that recorded
+    its devices' trajectories also gets the city map, ``city.png``, and its animation, ``city.gif``.
     """
     run_dir = Path(run_dir)
     log = run_dir / EVENT_LOG
@@ -214,9 +216,28 @@ def render_report(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     title = str(start.get("scenario") or run_dir.name)
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    return [
+    paths = [
         _accuracy(events, rounds, title, out / "accuracy.png"),
         _bytes(rounds, title, out / "bytes_per_link.png"),
         _devices_per_edge(events, rounds, title, out / "devices_per_edge.png"),
         _placement(rounds, title, out / "placement.png"),
     ]
+    if (run_dir / TRAJECTORIES).exists():
+        paths += _city(run_dir / TRAJECTORIES, events, start, title, out)
+    return paths
+
+
+def _city(path: Path, events: Sequence[dict], start: dict, title: str, out: Path) -> list[Path]:
+    from tierflow.orchestrator.citymap import animate_city, draw_city
+
+    try:
+        traj = load_trajectories(path)
+    except TrajectoryError as exc:
+        raise ReportError(str(exc)) from None
+    if "devices" in start and int(start["devices"]) != len(traj.devices):
+        raise ReportError(f"{path}: recorded {len(traj.devices)} devices, but the event log's run has "
+                          f"{start['devices']}: the file is from another run")
+    if not len(traj.times_s):
+        raise ReportError(f"{path}: no frames recorded")
+    return [draw_city(traj, events, title, out / "city.png").path,
+            animate_city(traj, events, title, out / "city.gif").path]

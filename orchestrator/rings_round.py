@@ -570,7 +570,9 @@ class RingRounds:
         sc = orch.scenario
         progress = sc.aggregation.cloud_every * min(1.0, t_s / plan.interval_s) if plan.interval_s > 0 else 0.0
         now_s = orch.mobility_time(measured_s, progress)
-        for h in orch.detector.update(now_s, orch.mobility.positions(now_s)):
+        positions = orch.mobility.positions(now_s)
+        moves = orch.detector.update(now_s, positions)
+        for h in moves:
             d = h.device
             orch.counters["handovers"] += 1
             orch.log.emit({"event": "handover", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
@@ -583,6 +585,7 @@ class RingRounds:
                 if (x.last_member == d and x.pred_s >= t_s and not x.stopped and x.ring.key.n_tiers >= 2
                         and x.at != h.to_edge and x.at in orch.edges):
                     self._follow_active_member(orch, x, d, h.to_edge, start)
+        orch.trajectories.record(orch.round, now_s, positions, orch.edge_of, moves)
 
     def _follow_active_member(self, orch: RoundHost, x: _RingRun, device: str, dst: str, start) -> None:
         src = x.at

@@ -32,6 +32,7 @@ from tierflow.orchestrator.profiles import PROFILE_FILE, profile_digest, write_p
 from tierflow.orchestrator.resources import ResourceModel
 from tierflow.orchestrator.round_policies import round_policy_for
 from tierflow.orchestrator.scenario import CLOUD_EDGE, Scenario
+from tierflow.orchestrator.trajectories import TrajectoryRecorder
 from tierflow.orchestrator.world import World, build_world
 from tierflow.placement.cost import Charge, TierSpeeds, makespan_s
 from tierflow.placement.profile import LayerProfile
@@ -78,6 +79,7 @@ class Orchestrator:
         self.session_at: dict[str, str] = {d.name: d.edge for d in scenario.devices}
         self.mobility = build_mobility(scenario)  # reads trace files: fails before Ray starts
         self.detector = build_detector(scenario, self.edge_of)
+        self.trajectories = TrajectoryRecorder.for_scenario(scenario, self.mobility, self.edge_of)  # the city map
         self.handover = HANDOVER_POLICIES[scenario.policy.handover]()
         self.migration_key = secrets.token_bytes(32)
         self.last_pushed: dict[str, dict[str, np.ndarray]] = {}
@@ -280,8 +282,11 @@ class Orchestrator:
             elapsed = virtual_before_s + self.round_clock(merged, extra_s, virtual_before_s)
             progress = elapsed_steps / steps  # above 1 when a restart made the period longer
             now_s = self.mobility_time(elapsed, progress)
-            for h in self.detector.update(now_s, self.mobility.positions(now_s)):
+            positions = self.mobility.positions(now_s)
+            moves = self.detector.update(now_s, positions)
+            for h in moves:
                 self.on_handover(h, remaining, dropped, extra_s)
+            self.trajectories.record(self.round, now_s, positions, self.edge_of, moves)
         return [merge_reports(rs) for rs in done.values()], extra_s
 
     def mobility_time(self, round_elapsed_s: float, period_progress: float) -> float:
@@ -463,6 +468,7 @@ class Orchestrator:
     # ----- checkpoints: an orchestrator that dies loses no completed round -----
     def save_checkpoint(self, log: EventLog, wall_s: float) -> None:
         """Everything the next round depends on, taken at the round boundary."""
+        self.trajectories.save(self.options.out_dir)  # not needed to resume; kept so the map survives one
         hosts = [h for h in range(len(self.hosts)) if h not in self.lost_hosts]
         names = list(self.edges)
         parts = ray.get([self.hosts[h].export_devices.remote() for h in hosts]
@@ -515,6 +521,7 @@ class Orchestrator:
             raise TierflowError(f"{self.options.out_dir}: the layer profile differs from the one the interrupted run "
                                 f"charged; resume with --profile {self.options.out_dir / PROFILE_FILE}")
         self.round_policy.import_state(st["round_policy"])
+        self.trajectories.resume(self.options.out_dir, ckpt.round)
         alive = set(st["edges"])
         if CLOUD_EDGE in alive:
             self.cloud_edge()
@@ -801,6 +808,7 @@ class Orchestrator:
         log.emit({"event": "run_end", "wall_time_s": wall, "virtual_time_s": self.virtual_time_s,
                   "final_accuracy": accuracy, "rounds": sc.training.rounds})
         torch.save({k: torch.from_numpy(v) for k, v in self.global_state.items()}, out / "model.pt")
+        self.trajectories.save(out)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.stop_actors()
         return summary
