@@ -328,3 +328,51 @@ def test_metrics_bind_loopback_unless_told_otherwise(caplog):
 def test_bad_metrics_addresses_are_refused_with_a_clear_error(addr):
     with pytest.raises(TierflowError, match="metrics address"):
         MetricsExporter(addr)
+
+
+# ----- end to end: actor ports -> orchestrator -> /metrics -----
+
+class HostileAfterStart:
+    """Sends hostile messages to the live actors' ports once they serve, then lets the run go on."""
+
+    DATAPLANE, MIGRATION = 7, 3
+
+    def start_actors(self):
+        import ray
+
+        super().start_actors()
+        for _ in range(self.DATAPLANE):
+            raw_request(self.endpoints["e0"], [b"\xffgarbage", b"x"])
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.linger = 1000
+        sock.connect(self.receivers["e1"])
+        for _ in range(self.MIGRATION):
+            sock.send_multipart([b"B", b"n" * 16, b"t" * 16, b"{}", b"{}"])
+        sock.close()
+        deadline = time.monotonic() + 20
+        while ray.get(self.edges["e1"].refused_counts.remote()) == {} and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+@pytest.mark.ray
+def test_refused_messages_reach_the_orchestrators_metrics(ray_session, tmp_path):
+    import json
+
+    from test_migration_run import scenario
+
+    from tierflow.orchestrator.runner import Orchestrator, RunOptions
+
+    cls = type("HostileRun", (HostileAfterStart, Orchestrator), {})
+    exporter = MetricsExporter("127.0.0.1:0").start()
+    try:
+        cls(scenario(tmp_path, moving=False), RunOptions(out_dir=tmp_path / "out", progress=False,
+                                                         event_sinks=(exporter.observe,))).run()
+        text = urllib.request.urlopen(exporter.url, timeout=5).read().decode()
+    finally:
+        exporter.stop()
+    events = [json.loads(x) for x in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    refused = [e for e in events if e["event"] == "refused"]
+    assert [e["round"] for e in refused] == [1]
+    assert refused[0]["counts"] == {"dataplane": {"malformed": 7}, "migration": {"unauthenticated": 3}}
+    assert 'tierflow_refused_messages_total{port="dataplane",reason="malformed"} 7.0' in text
+    assert 'tierflow_refused_messages_total{port="migration",reason="unauthenticated"} 3.0' in text
