@@ -73,7 +73,7 @@ class _ScrapeClock:
         return []
 
 
-def _parse_addr(addr: str) -> tuple[str, int]:
+def parse_addr(addr: str) -> tuple[str, int]:
     """``HOST:PORT``; ``:PORT`` means loopback (metrics reveal the run: expose them only on purpose)."""
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
@@ -102,7 +102,7 @@ class MetricsExporter:
         per_device_labels: bool = False,
         strict: bool = False,
     ) -> None:
-        self.host, self.port = _parse_addr(addr)
+        self.host, self.port = parse_addr(addr)
         if not is_loopback(self.host):
             log.warning("metrics exporter: binding %s, not loopback: anyone who can reach this address can read "
                         "the run's metrics (no authentication)", self.host)

@@ -387,3 +387,15 @@ def test_refused_messages_reach_the_orchestrators_metrics(ray_session, tmp_path)
     assert refused[0]["counts"] == {"dataplane": {"malformed": 7}, "migration": {"unauthenticated": 3}}
     assert 'tierflow_refused_messages_total{port="dataplane",reason="malformed"} 7.0' in text
     assert 'tierflow_refused_messages_total{port="migration",reason="unauthenticated"} 3.0' in text
+
+
+def test_cli_refuses_a_bad_metrics_address_before_creating_the_run_directory(tmp_path, capsys):
+    from pathlib import Path
+
+    from tierflow.orchestrator.cli import main
+
+    good = Path(__file__).resolve().parent / "good_scenario.yaml"
+    out = tmp_path / "run"
+    assert main(["run", str(good), "--out", str(out), "--metrics-addr", "127.0.0.1:99999"]) == 2
+    assert "metrics address '127.0.0.1:99999'" in capsys.readouterr().err
+    assert not out.exists()
