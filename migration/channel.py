@@ -41,6 +41,7 @@ import numpy as np
 import zmq
 
 from tierflow.migration.errors import MigrationError, WireError
+from tierflow.migration.refusals import RefusalCounter
 from tierflow.migration.wire import WireDecoder, encode_state
 
 try:
@@ -107,6 +108,10 @@ def _verdict_tag(key: bytes, nonce: bytes, verdict: bytes) -> bytes:
 class _Rejected(Exception):
     """A message that is not part of an authentic, fresh transfer: dropped without an answer."""
 
+    def __init__(self, message: str, reason: str = "malformed"):  # reason: a refusals.REASONS label
+        super().__init__(message)
+        self.reason = reason
+
 
 @dataclass
 class _Inbound:
@@ -143,7 +148,7 @@ class MigrationReceiver:
         self._sock.maxmsgsize = max_frame_bytes  # a peer sending a bigger frame is disconnected
         self._sock.bind(bind)
         self.endpoint: str = self._sock.last_endpoint.decode()
-        self.rejected = 0
+        self.refusals = RefusalCounter(log)
         self.accepted = 0
         self.refused = 0
         self._inbound: dict[bytes, _Inbound] = {}
@@ -169,10 +174,9 @@ class MigrationReceiver:
             try:
                 reply = self._handle(frames[0].bytes, frames[1:])
             except Exception as exc:  # the thread must survive anything a peer sends
-                self.rejected += 1
                 quiet = len(frames) > 2 and frames[1].bytes != _BEGIN and frames[2].bytes in self._dropped
-                log.log(logging.DEBUG if quiet else logging.WARNING,
-                        "migration receiver %s: dropped a message: %s", self.endpoint, exc)
+                self.refusals.refuse(getattr(exc, "reason", "malformed"),
+                                     "migration receiver %s: dropped a message: %s", self.endpoint, exc, quiet=quiet)
                 continue  # unauthenticated senders get no answer at all
             if reply is None:
                 continue
@@ -192,7 +196,7 @@ class MigrationReceiver:
             return None
         inbound = self._inbound.get(nonce)
         if inbound is None or inbound.identity != identity:
-            raise _Rejected("no such transfer in progress")
+            raise _Rejected("no such transfer in progress", "unauthenticated")
         inbound.last_s = time.monotonic()
         if kind == _DATA:
             for chunk in body[2:]:
@@ -206,7 +210,7 @@ class MigrationReceiver:
         del self._inbound[nonce]  # END: whatever happens next, this transfer is over
         tag = body[2].bytes
         if len(body) != 3 or len(tag) != TAG_BYTES or not hmac.compare_digest(tag, inbound.mac.tag()):
-            raise _Rejected(f"session {inbound.session_id}: bad MAC over the state: altered message")
+            raise _Rejected(f"session {inbound.session_id}: bad MAC over the state: altered message", "unauthenticated")
         verdict = self._deliver(inbound)
         if verdict == ACK:
             self.accepted += 1
@@ -223,7 +227,7 @@ class MigrationReceiver:
         mac.update(body[4])
         if not hmac.compare_digest(body[2].bytes, mac.tag()):
             self._remember_dropped(nonce)
-            raise _Rejected("bad MAC: unauthenticated peer or altered message")
+            raise _Rejected("bad MAC: unauthenticated peer or altered message", "unauthenticated")
         # Authentic from here on: a peer holding the run key.
         try:
             head = json.loads(body[3].bytes)
@@ -234,11 +238,12 @@ class MigrationReceiver:
             raise _Rejected("malformed transfer head")
         now = time.time()
         if not abs(now - sent_s) <= self._max_age_s:
-            raise _Rejected(f"session {session_id}: sent {now - sent_s:.0f} s ago, outside the replay window")
+            raise _Rejected(f"session {session_id}: sent {now - sent_s:.0f} s ago, outside the replay window",
+                            "replayed")
         if nonce in self._nonces:
-            raise _Rejected(f"session {session_id}: replayed message")
+            raise _Rejected(f"session {session_id}: replayed message", "replayed")
         if len(self._inbound) >= MAX_INBOUND:
-            raise _Rejected(f"session {session_id}: {MAX_INBOUND} transfers already in progress")
+            raise _Rejected(f"session {session_id}: {MAX_INBOUND} transfers already in progress", "busy")
         self._remember(nonce, now)
         body_mac = _Mac(self._key, _LABEL_BODY, nonce)
         body_mac.update(body[3])
@@ -276,15 +281,21 @@ class MigrationReceiver:
         self._dropped[nonce] = None
 
     def _sweep(self) -> None:
+        self.refusals.log.tick()
         horizon = time.monotonic() - self._stale_s
         for nonce in [n for n, t in self._inbound.items() if t.last_s < horizon]:
             log.warning("migration receiver %s: dropped the stalled transfer of session %s",
                         self.endpoint, self._inbound.pop(nonce).session_id)
 
+    @property
+    def rejected(self) -> int:
+        return self.refusals.total
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
         self._sock.close(0)
+        self.refusals.log.flush()
 
     def __enter__(self) -> MigrationReceiver:
         return self

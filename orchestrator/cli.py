@@ -33,6 +33,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         raise TierflowError("run: expected a scenario file, or --resume RUN_DIR")
     scenario = load_scenario(scenario_path)  # validated before Ray starts
+    if args.metrics_addr:
+        from tierflow.orchestrator.metrics import parse_addr
+
+        parse_addr(args.metrics_addr)  # like the scenario: before Ray starts or the run directory exists
     from tierflow.orchestrator.profiles import PROFILE_FILE
     from tierflow.orchestrator.runner import RunOptions, run_scenario
 
@@ -152,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help=ADDRESS_HELP)
     run.add_argument("--out", help="run directory (default: runs/<scenario name>)")
     run.add_argument("--metrics-addr", default=None,
-                     help="serve Prometheus metrics at HOST:PORT (e.g. 127.0.0.1:9464); off by default")
+                     help="serve Prometheus metrics at HOST:PORT; :PORT binds 127.0.0.1, another host is allowed "
+                          "with a warning; off by default")
     run.add_argument("--profile", metavar="FILE", help=PROFILE_HELP)
     run.set_defaults(func=cmd_run)
     plan = sub.add_parser("plan", help="print each device's split, predicted times and ring; or solve INSTANCE.json")

@@ -13,6 +13,7 @@ The orchestrator writes each event to the run's ``events.jsonl`` and hands the s
     ring_pass  round virtual_time_s ring device from_edge to_edge bytes wall_duration_s charged_s ok
     failure    round virtual_time_s kind entity detail
     replan     round virtual_time_s changed
+    refused    round virtual_time_s counts{port:{reason:n}}   (only when a zmq port refused something)
     run_end    wall_time_s virtual_time_s final_accuracy rounds
 
 Unknown kinds are ignored. Labels stay bounded (edge, ring, tier, link, direction, policy,
@@ -21,6 +22,7 @@ kind, split); per-device series exist only with ``per_device_labels=True``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -28,6 +30,7 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
+from tierflow.migration.refusals import PORTS, REASONS
 from tierflow.orchestrator.errors import TierflowError
 
 log = logging.getLogger(__name__)
@@ -70,11 +73,22 @@ class _ScrapeClock:
         return []
 
 
-def _parse_addr(addr: str) -> tuple[str, int]:
+def parse_addr(addr: str) -> tuple[str, int]:
+    """``HOST:PORT``; ``:PORT`` means loopback (metrics reveal the run: expose them only on purpose)."""
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        raise TierflowError(f"metrics address {addr!r}: expected 'host:port', e.g. '127.0.0.1:9464'")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise TierflowError(f"metrics address {addr!r}: expected 'host:port' with a port from 0 to 65535, "
+                            "e.g. '127.0.0.1:9464'")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 class MetricsExporter:
@@ -88,7 +102,10 @@ class MetricsExporter:
         per_device_labels: bool = False,
         strict: bool = False,
     ) -> None:
-        self.host, self.port = _parse_addr(addr)
+        self.host, self.port = parse_addr(addr)
+        if not is_loopback(self.host):
+            log.warning("metrics exporter: binding %s, not loopback: anyone who can reach this address can read "
+                        "the run's metrics (no authentication)", self.host)
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.per_device_labels = per_device_labels
         # A metrics bug must not tear down a training run; tests pass strict=True to see it.
@@ -161,6 +178,10 @@ class MetricsExporter:
         )
         self.virtual_time = Gauge(f"{p}virtual_time_seconds", "The run's emulated clock.", registry=r)
         self.wall_time = Gauge(f"{p}wall_time_seconds", "Wall-clock time since run start.", registry=r)
+        self.refused = Counter(
+            f"{p}refused_messages", "Messages a zmq port (data plane, migration) refused, by reason.",
+            ["port", "reason"], registry=r,
+        )
         self.bad_events = Counter(
             f"{p}exporter_bad_events", "Events the exporter could not read.", ["event"], registry=r
         )
@@ -180,6 +201,7 @@ class MetricsExporter:
             "ring_pass": self._ring_pass,
             "failure": self._failure,
             "replan": self._replan,
+            "refused": self._refused,
             "run_end": self._run_end,
         }
 
@@ -286,6 +308,9 @@ class MetricsExporter:
             self.ring_passes.labels(ok=ok)
         for kind in ("device", "edge", "poisoned_update", "migration", "ring_pass"):
             self.failures.labels(kind=kind)
+        for port in PORTS:
+            for reason in REASONS:
+                self.refused.labels(port=port, reason=reason)
         self._times(e)
 
     def _round_end(self, e: Mapping) -> None:
@@ -380,6 +405,15 @@ class MetricsExporter:
         changed = int(e["changed"])
         self.replans.inc()
         self.replan_changes.inc(changed)
+        self._times(e)
+
+    def _refused(self, e: Mapping) -> None:
+        counts = {(str(port), str(reason)): int(n) for port, by in e["counts"].items() for reason, n in by.items()}
+        unknown = [k for k, n in counts.items() if k[0] not in PORTS or k[1] not in REASONS or n < 0]
+        if unknown:  # labels stay a fixed set
+            raise ValueError(f"refused: unknown port/reason or negative count {unknown}")
+        for (port, reason), n in counts.items():
+            self.refused.labels(port=port, reason=reason).inc(n)
         self._times(e)
 
     def _run_end(self, e: Mapping) -> None:

@@ -29,6 +29,7 @@ from tierflow.orchestrator.handover_policies import HANDOVER_POLICIES, MoveResul
 from tierflow.orchestrator.mobility import build_detector, build_mobility
 from tierflow.orchestrator.planning import DevicePlan, Observed, Planner, device_flops_per_step
 from tierflow.orchestrator.profiles import PROFILE_FILE, profile_digest, write_profile
+from tierflow.orchestrator.refused import RefusalReporter
 from tierflow.orchestrator.resources import ResourceModel
 from tierflow.orchestrator.round_policies import round_policy_for
 from tierflow.orchestrator.scenario import CLOUD_EDGE, Scenario
@@ -82,6 +83,7 @@ class Orchestrator:
         self.trajectories = TrajectoryRecorder.for_scenario(scenario, self.mobility, self.edge_of)  # the city map
         self.handover = HANDOVER_POLICIES[scenario.policy.handover]()
         self.migration_key = secrets.token_bytes(32)
+        self.refusals = RefusalReporter()  # what the actors' zmq ports refused, to the metrics each round
         self.last_pushed: dict[str, dict[str, np.ndarray]] = {}
         self.counters = {"handovers": 0, "migrations": 0, "migration_bytes": 0, "migration_time_s": 0.0,
                          "failed_migrations": 0, "restarts": 0, "switches": 0, "replan_saved_s": 0.0,
@@ -758,6 +760,7 @@ class Orchestrator:
                                      result.compute_s)
             event["predicted_s"], event["charged_s"] = result.predicted_s, event["duration_s"]
             log.emit(event)
+            self.refusals.report(log.emit, rnd, self.virtual_time_s, {"cloud": self.cloud, **self.edges})
             if sc.policy.placement == "adaptive" and sc.policy.replan:
                 self.measure_speeds(reports)
                 self.replan()  # after the event, which reports the splits this round trained

@@ -39,12 +39,12 @@ def test_server_answers_with_the_token_and_refuses_without():
         seen.append(meta["op"])
         return {"n": 1}, {"g0": arrays["x"] * 2}
 
-    server = DataPlaneServer(handler, token="secret")
+    server = DataPlaneServer(handler, token="secret-0123456789abcdef")
     try:
-        good = DataPlaneClient("secret", timeout_s=5)
+        good = DataPlaneClient("secret-0123456789abcdef", timeout_s=5)
         meta, out = good.request(server.endpoint, {"op": "step"}, {"x": np.ones(3, np.float32)})
         np.testing.assert_array_equal(out["g0"], np.full(3, 2, np.float32))
-        bad = DataPlaneClient("wrong", timeout_s=5)
+        bad = DataPlaneClient("wrong-0123456789abcdefgh", timeout_s=5)
         with pytest.raises(DataPlaneError, match="token"):
             bad.request(server.endpoint, {"op": "step"}, {"x": np.ones(3, np.float32)})
         raw = zmq.Context.instance().socket(zmq.REQ)

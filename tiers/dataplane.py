@@ -4,8 +4,10 @@ A Ray actor call costs ~2.8 ms round trip on this machine; one training step of 
 costs less than that, so steps travel as pyzmq messages between the device hosts and the edge
 servers (and edge to cloud), in the project's one wire format (migration/wire.py: a JSON header
 plus raw array frames, never pickle). Control (sessions, aggregation, migration) stays on Ray.
-Each message carries the run's token; a message without it, or one that does not decode, is
-answered with an error and touches no session.
+Every message is authenticated under a key from the run's token and refused if replayed
+(tiers/frames.py); frames are size-bounded, a bigger one ends its peer's connection inside
+libzmq. A refused request is answered with an unauthenticated error, touches no session, is
+counted by reason (``refusals``) and logged at a bounded rate.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import numpy as np
 import zmq
 
 from tierflow.migration.errors import WireError
+from tierflow.migration.refusals import RefusalCounter
 from tierflow.migration.wire import decode_state, encode_state
+from tierflow.tiers.frames import CHUNK_BYTES, FRAME_LIMIT_BYTES, FrameError, Opener, Sealer, run_key
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict, dict[str, np.ndarray]], tuple[dict, dict[str, np.ndarray]]]
-_ONE_FRAME = 1 << 62  # activations are small: one frame per array, no chunking
 
 
 class DataPlaneError(RuntimeError):
@@ -31,13 +34,14 @@ class DataPlaneError(RuntimeError):
 
 
 def encode(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> list:
-    """The project's one wire format (migration/wire.py), one frame per array."""
-    return encode_state(meta, arrays, chunk_bytes=_ONE_FRAME)
+    """The project's one wire format (migration/wire.py), in chunks no frame limit refuses; no CRC:
+    the MAC covers every byte (as on the migration channel)."""
+    return encode_state(meta, arrays, chunk_bytes=CHUNK_BYTES, checksum=False)
 
 
 def decode(frames: list) -> tuple[dict, dict[str, np.ndarray]]:
     try:
-        return decode_state(frames)
+        return decode_state(frames, require_checksum=False)
     except WireError as exc:
         raise DataPlaneError(str(exc)) from exc
 
@@ -45,18 +49,23 @@ def decode(frames: list) -> tuple[dict, dict[str, np.ndarray]]:
 class DataPlaneServer:
     """A ROUTER socket served by a thread of the actor that owns ``handler``."""
 
-    def __init__(self, handler: Handler, token: str, host: str = "127.0.0.1"):
+    def __init__(self, handler: Handler, token: str, host: str = "127.0.0.1", max_age_s: float = 600.0):
         self._handler = handler
-        self._token = token
+        self._opener = Opener(run_key(token), max_age_s)
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.linger = 0
+        self._sock.maxmsgsize = FRAME_LIMIT_BYTES  # libzmq drops a peer sending a bigger frame, unbuffered
         port = self._sock.bind_to_random_port(f"tcp://{host}")
         self.endpoint = f"tcp://{host}:{port}"
-        self.rejected = 0
+        self.refusals = RefusalCounter(log)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="tierflow-dataplane", daemon=True)
         self._thread.start()
+
+    @property
+    def rejected(self) -> int:
+        return self.refusals.total
 
     def _serve(self) -> None:
         self._sock.rcvtimeo = 100  # wake up to notice close(); a blocking recv is cheaper than a poller
@@ -64,22 +73,40 @@ class DataPlaneServer:
             try:
                 frames = self._sock.recv_multipart(copy=False)
             except zmq.Again:
+                self.refusals.log.tick()
                 continue
             if len(frames) < 3:
-                self.rejected += 1
-                continue  # not a REQ envelope: nothing to answer
+                self.refusals.refuse("malformed", "data plane %s: refused a message: not a REQ envelope",
+                                     self.endpoint)
+                continue  # nothing to answer
             envelope, payload = frames[:2], frames[2:]
             try:
-                meta, arrays = decode(payload)
-                if meta.get("token") != self._token:
-                    raise DataPlaneError("missing or wrong run token")
-                reply_meta, reply_arrays = self._handler(meta, arrays)
-                reply = encode(reply_meta, reply_arrays)
-            except Exception as exc:  # answer every request; a bad one must not kill the server
-                self.rejected += isinstance(exc, DataPlaneError)
-                log.warning("data plane: refused a message: %s", exc)
+                head, wire = self._opener.open_request(payload)
+            except FrameError as exc:
+                self.refusals.refuse(exc.reason, "data plane %s: refused a message (%s): %s", self.endpoint,
+                                     exc.reason, exc)
+                self._send(envelope, encode({"error": f"refused ({exc.reason}): {exc}"}, {}))
+                continue
+            try:  # authentic from here on: a holder of the run's token
+                meta, arrays = decode(wire)
+            except DataPlaneError as exc:
+                self.refusals.refuse("malformed", "data plane %s: refused a message (malformed): %s",
+                                     self.endpoint, exc)
+                self._send(envelope, self._opener.seal_reply(head, encode({"error": f"DataPlaneError: {exc}"}, {})))
+                continue
+            try:
+                reply = encode(*self._handler(meta, arrays))
+            except Exception as exc:  # answer every request; a failed step must not kill the server
+                log.warning("data plane %s: a step failed: %s: %s", self.endpoint, type(exc).__name__, exc)
                 reply = encode({"error": f"{type(exc).__name__}: {exc}"}, {})
-            self._sock.send_multipart([*envelope, *reply], copy=False)
+            self._send(envelope, self._opener.seal_reply(head, reply))
+        self.refusals.log.flush()
+
+    def _send(self, envelope: list, frames: list) -> None:
+        try:
+            self._sock.send_multipart([*envelope, *frames], copy=False)
+        except zmq.ZMQError as exc:
+            log.warning("data plane %s: could not answer: %s", self.endpoint, exc)
 
     def close(self) -> None:
         self._stop.set()
@@ -91,7 +118,7 @@ class DataPlaneClient:
     """One REQ socket per peer endpoint; a timed-out socket is thrown away so it cannot wedge."""
 
     def __init__(self, token: str, timeout_s: float = 60.0):
-        self._token = token
+        self._sealer = Sealer(run_key(token))
         self._timeout_ms = int(timeout_s * 1000)
         self._ctx = zmq.Context.instance()
         self._socks: dict[str, zmq.Socket] = {}
@@ -101,18 +128,25 @@ class DataPlaneClient:
         if sock is None:
             sock = self._ctx.socket(zmq.REQ)
             sock.linger = 0
+            sock.maxmsgsize = FRAME_LIMIT_BYTES
             sock.connect(endpoint)
             self._socks[endpoint] = sock
         return sock
 
     def request(self, endpoint: str, meta: dict, arrays: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
         sock = self._socket(endpoint)
-        sock.send_multipart(encode({**meta, "token": self._token}, arrays), copy=False)
+        head, frames = self._sealer.seal_request(encode(meta, arrays))
+        sock.send_multipart(frames, copy=False)
         if not sock.poll(self._timeout_ms, zmq.POLLIN):
             sock.close(0)
             del self._socks[endpoint]
             raise DataPlaneError(f"no answer from {endpoint} within {self._timeout_ms / 1000:.0f} s")
-        reply_meta, reply_arrays = decode(sock.recv_multipart(copy=False))
+        reply = sock.recv_multipart(copy=False)
+        try:
+            wire = self._sealer.open_reply(head, reply)
+        except FrameError as exc:
+            raise DataPlaneError(f"{endpoint}: {_refusal_text(reply, exc)}") from exc
+        reply_meta, reply_arrays = decode(wire)
         if "error" in reply_meta:
             raise DataPlaneError(f"{endpoint}: {reply_meta['error']}")
         return reply_meta, reply_arrays
@@ -121,3 +155,12 @@ class DataPlaneClient:
         for sock in self._socks.values():
             sock.close(0)
         self._socks.clear()
+
+
+def _refusal_text(reply: list, exc: FrameError) -> str:
+    """What an unauthenticated answer says (a server refusing us), marked as unauthenticated."""
+    try:
+        meta, _ = decode(reply)
+        return f"unauthenticated answer: {str(meta.get('error', '?'))[:500]} (a token mismatch?)"
+    except DataPlaneError:
+        return str(exc)

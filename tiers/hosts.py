@@ -316,6 +316,14 @@ class SessionHost:
             self.server = DataPlaneServer(self._on_message, self.token, host)
         return self.server.endpoint
 
+    def refused_counts(self) -> dict[str, dict[str, int]]:
+        """Messages this host's zmq ports refused since they started, by port and reason (for the metrics)."""
+        out = {}
+        for port, server in (("dataplane", self.server), ("migration", self.receiver)):
+            if server is not None and server.refusals.total:
+                out[port] = server.refusals.counts()
+        return out
+
     def _on_message(self, meta: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
         if meta.get("op") != "step":
             raise ValueError(f"unknown op {meta.get('op')!r}")

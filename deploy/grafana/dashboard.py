@@ -169,6 +169,10 @@ TIERFLOW = Dashboard(
             Panel("Re-plans", "Placement re-plans and the devices whose split they changed.",
                   (Target(f"sum(increase(tierflow_replans_total[{RI}]))", "re-plans"),
                    Target(f"sum(increase(tierflow_replan_changed_devices_total[{RI}]))", "devices changed"))),
+            Panel("Refused messages", "Messages the data plane and migration ports refused per interval, by port "
+                  "and reason (malformed, unauthenticated, replayed, oversize, busy): hostile or misconfigured peers.",
+                  (Target(f"sum by (port, reason) (increase(tierflow_refused_messages_total[{RI}]))",
+                          "{{port}} {{reason}}"),), stack=True, width=24),
         )),
     ),
 )

@@ -1,0 +1,64 @@
+"""Messages the actors' zmq ports refused, brought to the orchestrator once a round.
+
+The metrics exporter lives in the orchestrator and reads events; the refusals happen in the edge
+and cloud actors' serving threads. Each round the orchestrator asks every such actor for its
+cumulative counts and emits a ``refused`` event with what is new, only when something is, so a
+run nobody attacks logs nothing extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+Counts = dict[str, dict[str, int]]  # port -> reason -> messages
+
+
+class RefusalTally:
+    """Cumulative counts per actor in, increments out."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, Counts] = {}
+
+    def increments(self, actor: str, counts: Mapping[str, Mapping[str, int]]) -> Counts:
+        before = self._seen.get(actor, {})
+        out: Counts = {}
+        for port, by_reason in counts.items():
+            for reason, n in by_reason.items():
+                old = before.get(port, {}).get(reason, 0)
+                new = n - old if n >= old else n  # fewer than before: a new actor under that name
+                if new > 0:
+                    out.setdefault(port, {})[reason] = new
+        self._seen[actor] = {p: dict(r) for p, r in counts.items()}
+        return out
+
+
+def merge(total: Counts, more: Counts) -> Counts:
+    for port, by_reason in more.items():
+        for reason, n in by_reason.items():
+            total.setdefault(port, {})[reason] = total.get(port, {}).get(reason, 0) + n
+    return total
+
+
+class RefusalReporter:
+    """Asks the actors (Ray handles with ``refused_counts``) and emits the ``refused`` event."""
+
+    def __init__(self, timeout_s: float = 5.0) -> None:
+        self.tally = RefusalTally()
+        self.timeout_s = timeout_s
+
+    def report(self, emit: Callable[[dict], None], rnd: int, virtual_time_s: float, actors: Mapping[str, object]
+               ) -> Counts:
+        import ray
+
+        refs = {actors[name].refused_counts.remote(): name for name in actors}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self.timeout_s)
+        total: Counts = {}
+        for ref in ready:
+            try:
+                counts = ray.get(ref)
+            except ray.exceptions.RayError:  # a dead edge: its failure is reported where it is found
+                continue
+            merge(total, self.tally.increments(refs[ref], counts))
+        if total:
+            emit({"event": "refused", "round": rnd, "virtual_time_s": virtual_time_s, "counts": total})
+        return total
