@@ -27,6 +27,7 @@ from tierflow.orchestrator.errors import TierflowError
 from tierflow.orchestrator.events import EventLog
 from tierflow.orchestrator.handover_policies import HANDOVER_POLICIES, MoveResult
 from tierflow.orchestrator.mobility import build_detector, build_mobility
+from tierflow.orchestrator.model_files import write_final_model
 from tierflow.orchestrator.planning import DevicePlan, Observed, Planner, device_flops_per_step
 from tierflow.orchestrator.profiles import PROFILE_FILE, profile_digest, write_profile
 from tierflow.orchestrator.resources import ResourceModel
@@ -810,7 +811,7 @@ class Orchestrator:
         }
         log.emit({"event": "run_end", "wall_time_s": wall, "virtual_time_s": self.virtual_time_s,
                   "final_accuracy": accuracy, "rounds": sc.training.rounds})
-        torch.save({k: torch.from_numpy(v) for k, v in self.global_state.items()}, out / "model.pt")
+        write_final_model(out, self.global_state)  # model.safetensors (no pickle) and model.pt
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.stop_actors()
         return summary
