@@ -32,6 +32,7 @@ from tierflow.orchestrator.planning import DevicePlan, Observed, Planner, device
 from tierflow.orchestrator.profiles import PROFILE_FILE, profile_digest, write_profile
 from tierflow.orchestrator.resources import ResourceModel
 from tierflow.orchestrator.rounds import round_policy_for
+from tierflow.orchestrator.run_dir import EVENTS, EventsDigest, claim_run_dir
 from tierflow.orchestrator.scenario import CLOUD_EDGE, Scenario
 from tierflow.orchestrator.world import World, build_world
 from tierflow.placement.cost import Charge, TierSpeeds, makespan_s
@@ -54,6 +55,7 @@ class RunOptions:
     metrics_addr: str | None = None
     event_sinks: tuple = ()  # extra callables that receive every event (tests, embedding programs)
     resume: bool = False  # continue from out_dir's last round-boundary checkpoint
+    fresh: bool = False  # out_dir may hold an earlier run: delete it and start over (else that is an error)
     profile: LayerProfile | None = None  # the layer profile to charge (a comparison's); None: profile_path
     profile_path: str | None = None  # a layer profile file; None: this host's cached profile (timed if missing)
 
@@ -484,10 +486,11 @@ class Orchestrator:
             devices.update(part)
         sessions = dict(zip([*names, "cloud"], parts[len(hosts):], strict=True))
         log.flush()
+        events_bytes, events_sha256 = self.events_digest.advance()
         state = {
             "round": self.round, "scenario_fingerprint": scenario_fingerprint(self.scenario),
             "scenario_path": str(Path(self.scenario.source).resolve()),
-            "events_bytes": (self.options.out_dir / "events.jsonl").stat().st_size,
+            "events_bytes": events_bytes, "events_sha256": events_sha256,
             "wall_time_s": wall_s, "virtual_time_s": self.virtual_time_s, "mobility_t": self.mobility_t,
             "counters": self.counters, "bytes_total": self.bytes_total, "time_to_target": self.time_to_target,
             "session_at": self.session_at, "edge_of": self.edge_of, "detector": self.detector.current,
@@ -693,6 +696,17 @@ class Orchestrator:
     # ----- the run -----
     def run(self) -> dict:
         out = self.options.out_dir
+        events_path = out / EVENTS
+        claim_run_dir(out, self.options.resume, self.options.fresh)  # one run per directory, never mixed
+        self.resume_from = None
+        if self.options.resume:  # checked before anything is written
+            self.resume_from = load_checkpoint(out)
+            state = self.resume_from.state
+            if state["scenario_fingerprint"] != scenario_fingerprint(self.scenario):
+                raise TierflowError(f"{out}: the checkpoint was written by a different scenario than "
+                                    f"{self.scenario.source} as it is now; resume needs the same one")
+            # Events of the round the crash interrupted are dropped: that round runs again.
+            self.events_digest = EventsDigest.continuing(events_path, state["events_bytes"], state["events_sha256"])
         out.mkdir(parents=True, exist_ok=True)
         exporter = None
         sinks = list(self.options.event_sinks)
@@ -701,20 +715,11 @@ class Orchestrator:
 
             exporter = MetricsExporter(self.options.metrics_addr).start()
             sinks.append(exporter.observe)
-        self.resume_from = None
-        events_path = out / "events.jsonl"
         if self.profile is not None:
             write_profile(out, self.profile)  # the figures this run charges: reusable with --profile
-        if self.options.resume:
-            self.resume_from = load_checkpoint(out)
-            if self.resume_from.state["scenario_fingerprint"] != scenario_fingerprint(self.scenario):
-                raise TierflowError(f"{out}: the checkpoint was written by a different scenario than "
-                                    f"{self.scenario.source} as it is now; resume needs the same one")
-            # Events of the round the crash interrupted are dropped: that round runs again.
-            with open(events_path, "r+b") as fh:
-                fh.truncate(int(self.resume_from.state["events_bytes"]))
-        else:
+        if not self.options.resume:
             events_path.write_text("")
+            self.events_digest = EventsDigest(events_path)
         log = EventLog(events_path, sinks)
         try:
             return self._run(log)
