@@ -28,6 +28,8 @@ import pytest
 import torch
 import yaml
 from checkpoint_samples import make_checkpoint
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from tierflow.orchestrator import cli
@@ -337,6 +339,59 @@ def test_the_cli_refuses_a_damaged_checkpoint_with_exit_2_and_no_traceback(tmp_p
     assert cli.main(["run", "--resume", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"tierflow: error: {ckpt_dir / 'arrays.npz'}: expected") and "Traceback" not in err
+
+
+SCALARS = st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False) | st.text(max_size=3)
+JSON_VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=3), inner, max_size=3), max_leaves=6)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(file=st.sampled_from(["state.json", "arrays.npz", MANIFEST]), cut=st.integers(0, 10_000),
+       flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), max_size=4))
+def test_fuzzed_checkpoint_files_load_or_are_refused_never_a_traceback(tmp_path_factory, file, cut, flips):
+    run_dir = tmp_path_factory.mktemp("fuzz")
+    ckpt_dir = save_checkpoint(run_dir, make_checkpoint(1))
+    data = bytearray((ckpt_dir / file).read_bytes())
+    for at, bits in flips:
+        if data:
+            data[at % len(data)] ^= bits
+    (ckpt_dir / file).write_bytes(bytes(data[:cut]) if cut < len(data) else bytes(data))
+    if file != MANIFEST:
+        rewrite_manifest(ckpt_dir)  # reach the parsers, not only the digest check
+    try:
+        load_checkpoint(run_dir)
+    except TierflowError as exc:
+        assert str(ckpt_dir) in str(exc)  # names the file (or the checkpoint it is in)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.lists(st.sampled_from(["state", "devices", "sessions", "splits", "d0", "e0", "observed", "tiers",
+                                      "round", "plans", "counters", "edges", "0", "1"]), min_size=1, max_size=4),
+       value=JSON_VALUES)
+def test_a_state_json_with_any_value_anywhere_loads_or_is_refused(tmp_path_factory, path, value):
+    run_dir = tmp_path_factory.mktemp("fuzz")
+    ckpt_dir = save_checkpoint(run_dir, make_checkpoint(1))
+
+    def put(doc):
+        node = doc
+        for key in path[:-1]:
+            nxt = node.get(key) if isinstance(node, dict) else (
+                node[int(key)] if isinstance(node, list) and key.isdigit() and int(key) < len(node) else None)
+            if not isinstance(nxt, (dict, list)):
+                break
+            node = nxt
+        if isinstance(node, dict):
+            node[path[-1]] = value
+        elif isinstance(node, list) and node:
+            node[0] = value
+
+    edit_state(ckpt_dir, put)
+    rewrite_manifest(ckpt_dir)
+    try:
+        load_checkpoint(run_dir)
+    except TierflowError as exc:
+        assert str(ckpt_dir) in str(exc)
 
 
 # ----- the fingerprint does not depend on how a path was typed -----
