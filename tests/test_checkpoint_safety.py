@@ -187,7 +187,6 @@ def test_a_crash_while_finishing_an_interrupted_swap_loses_nothing_either(monkey
 KILL_LOOP = """
 import sys
 from pathlib import Path
-sys.path.insert(0, {tests!r})
 from checkpoint_samples import make_checkpoint
 from tierflow.orchestrator.checkpoint import save_checkpoint
 run_dir = Path(sys.argv[1])
@@ -199,8 +198,9 @@ for r in range(1, 10_000):
 
 @pytest.mark.parametrize("after_s", [0.0, 0.004, 0.011, 0.023])
 def test_sigkill_during_a_loop_of_saves_always_leaves_the_last_saved_round(tmp_path, after_s):
-    code = KILL_LOOP.format(tests=str(Path(__file__).parent))
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}  # for checkpoint_samples
+    proc = subprocess.Popen([sys.executable, "-c", KILL_LOOP, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            env=env)
     try:
         saved = 0
         while saved < 3:
