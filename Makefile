@@ -16,7 +16,7 @@ $(BIN)/tierflow: pyproject.toml
 venv: $(BIN)/tierflow
 
 run: venv
-	$(BIN)/tierflow run examples/quickstart.yaml --out runs/quickstart
+	$(BIN)/tierflow run examples/quickstart.yaml --out runs/quickstart --fresh
 
 test: venv
 	$(BIN)/ruff check .

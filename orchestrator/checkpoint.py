@@ -1,28 +1,39 @@
 """Round-boundary checkpoints: everything a run needs to continue exactly where it stood.
 
 A checkpoint is a directory ``RUN_DIR/checkpoint`` with ``state.json`` (the orchestrator's own
-state, and the JSON headers of every exported session) and ``arrays.npz`` (the global model,
-every device's stage and every edge and cloud session, with optimizer state). It is written to a
-temporary directory and swapped in with renames, so a crash mid-write leaves the previous one.
-Nothing is pickled: arrays load with ``allow_pickle=False``.
+state, and the JSON headers of every exported session), ``arrays.npz`` (the global model, every
+device's stage and every edge and cloud session, with optimizer state) and a manifest of their
+sizes and digests. It is written aside and swapped in so that a crash at any step leaves a
+complete checkpoint (orchestrator/durable_dir.py). Nothing is pickled: arrays load with
+``allow_pickle=False``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import shutil
+import zipfile
+import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
 import numpy as np
 
+from tierflow.orchestrator.checkpoint_state import check_state_document
+from tierflow.orchestrator.durable_dir import MANIFEST, read_version, write_version
 from tierflow.orchestrator.errors import TierflowError
 
+if TYPE_CHECKING:
+    from tierflow.orchestrator.scenario import Scenario
+
 CHECKPOINT = "checkpoint"
+STATE, ARRAYS = "state.json", "arrays.npz"
+WHAT = "checkpoint"
 Export = tuple[dict, dict[str, np.ndarray]]  # a session's JSON header and its arrays
 
 
@@ -38,17 +49,23 @@ class Checkpoint:
         return int(self.state["round"])
 
 
-def scenario_fingerprint(scenario) -> str:
-    """Identifies a parsed scenario: a resumed run must continue the same one."""
-    return hashlib.sha256(repr(scenario).encode()).hexdigest()
+def scenario_fingerprint(scenario: Scenario) -> str:
+    """Identifies a parsed scenario: a resumed run must continue the same one. It does not depend on
+    how a path was typed (relative to which directory): the scenario file's own path is left out
+    (what was parsed from it counts), and the files it names count by where they resolve."""
+    def resolved(path: object) -> object:
+        return os.path.realpath(path) if isinstance(path, str) else path
+
+    canonical = replace(
+        scenario, source="",
+        dataset=replace(scenario.dataset, path=resolved(scenario.dataset.path)),
+        mobility=replace(scenario.mobility, trace=resolved(scenario.mobility.trace)),
+        resources=replace(scenario.resources, trace_path=resolved(scenario.resources.trace_path)))
+    return hashlib.sha256(repr(canonical).encode()).hexdigest()
 
 
 def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
-    final = run_dir / CHECKPOINT
-    tmp = run_dir / (CHECKPOINT + ".tmp")
-    old = run_dir / (CHECKPOINT + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    """Write ``ckpt`` as ``run_dir/checkpoint``, crash-safe at every step (orchestrator/durable_dir.py)."""
     arrays: dict[str, np.ndarray] = {f"global/{k}": v for k, v in ckpt.global_model.items()}
     device_meta = {}
     for d, (meta, arr) in ckpt.devices.items():
@@ -61,48 +78,79 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
             session_meta[actor][sid] = meta
             arrays.update({f"session/{quote(actor, safe='')}/{quote(sid, safe='')}/{k}": v
                            for k, v in arr.items()})
-    with open(tmp / "arrays.npz", "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    doc = {"state": ckpt.state, "devices": device_meta, "sessions": session_meta}
-    (tmp / "state.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+    doc = json.dumps({"state": ckpt.state, "devices": device_meta, "sessions": session_meta},
+                     indent=1, sort_keys=True).encode()
+    return write_version(run_dir, CHECKPOINT, WHAT, {ARRAYS: lambda fh: np.savez(fh, **arrays),
+                                                      STATE: lambda fh: fh.write(doc)})
 
 
-def _split_key(name: str, prefix: str, levels: int) -> tuple[list[str], str]:
+def _split_key(name: str, prefix: str, levels: int) -> tuple[list[str], str] | None:
     """``prefix/a/b/rest`` -> (["a", "b"], "rest"); ids are %-quoted, array names may hold '/'."""
     parts = name[len(prefix):].split("/", levels)
+    if len(parts) <= levels:
+        return None
     return [unquote(p) for p in parts[:levels]], parts[levels]
 
 
-def load_checkpoint(run_dir: Path) -> Checkpoint:
-    where = run_dir / CHECKPOINT
-    if not (where / "state.json").is_file() or not (where / "arrays.npz").is_file():
-        raise TierflowError(f"{run_dir}: no checkpoint to resume from (expected {where}/state.json and "
-                            "arrays.npz, written at every round boundary)")
+def _owner_of(name: str, devices: dict[str, Export],
+              sessions: dict[str, dict[str, Export]]) -> tuple[Export, str] | None:
+    """The export an array belongs to and its name there; None if its ids are not listed."""
+    if name.startswith("device/") and (key := _split_key(name, "device/", 1)):
+        (device,), rest = key
+        export = devices.get(device)
+    elif name.startswith("session/") and (key := _split_key(name, "session/", 2)):
+        (actor, sid), rest = key
+        export = sessions.get(actor, {}).get(sid)
+    else:
+        return None
+    return None if export is None else (export, rest)
+
+
+def _read_arrays(data: bytes, where: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz archive, never unpickling (an object array is refused)."""
     try:
-        doc = json.loads((where / "state.json").read_text())
-        with np.load(where / "arrays.npz", allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
-        raise TierflowError(f"{where}: the checkpoint is unreadable ({exc})") from exc
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    # zipfile raises NotImplementedError/RuntimeError for flag bits and methods it does not support.
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+            RuntimeError) as exc:
+        raise TierflowError(f"{where}: expected a numpy .npz archive of plain arrays (as save_checkpoint "
+                            f"writes), it is unreadable: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    """The newest complete checkpoint of ``run_dir`` (one a crash interrupted while it was being
+    swapped in counts), verified against its manifest and checked for shape: any damage is a
+    TierflowError naming the file, before anything is restored."""
+    version = read_version(run_dir, CHECKPOINT, WHAT)
+    if version is None:
+        raise TierflowError(f"{run_dir}: no checkpoint to resume from (expected {run_dir / CHECKPOINT}/ with "
+                            f"{STATE}, {ARRAYS} and {MANIFEST}, written at every round boundary)")
+    missing = [f for f in (STATE, ARRAYS) if f not in version.files]
+    if missing:
+        raise TierflowError(f"{version.path / MANIFEST}: expected it to list {STATE} and {ARRAYS}, "
+                            f"missing {', '.join(missing)}")
+    state_path, arrays_path = version.path / STATE, version.path / ARRAYS
+    try:
+        doc = json.loads(version.files[STATE].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TierflowError(f"{state_path}: expected JSON text, got {type(exc).__name__}: {exc}") from None
+    check_state_document(doc, str(state_path))
+    arrays = _read_arrays(version.files[ARRAYS], arrays_path)
     global_model = {k.removeprefix("global/"): v for k, v in arrays.items() if k.startswith("global/")}
     devices: dict[str, Export] = {d: (meta, {}) for d, meta in doc["devices"].items()}
     sessions: dict[str, dict[str, Export]] = {a: {s: (m, {}) for s, m in ss.items()}
                                                for a, ss in doc["sessions"].items()}
+    if not global_model:
+        raise TierflowError(f"{arrays_path}: expected the global model's arrays (global/NAME), found none")
     for name, value in arrays.items():
-        if name.startswith("device/"):
-            (d,), rest = _split_key(name, "device/", 1)
-            devices[d][1][rest] = value
-        elif name.startswith("session/"):
-            (actor, sid), rest = _split_key(name, "session/", 2)
-            sessions[actor][sid][1][rest] = value
+        if name.startswith("global/"):
+            continue
+        owned = _owner_of(name, devices, sessions)
+        if owned is None:
+            raise TierflowError(f"{arrays_path}: array {name!r} belongs to no device or session {state_path} "
+                                "lists; expected global/NAME, device/ID/NAME or session/ACTOR/ID/NAME of listed ids")
+        owned[0][1][owned[1]] = value
     return Checkpoint(doc["state"], global_model, devices, sessions)
 
 

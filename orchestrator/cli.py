@@ -26,10 +26,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = Path(args.resume)
         if args.out and Path(args.out) != out:
             raise TierflowError("--out: a resumed run continues in its own directory; leave --out out")
-        scenario_path = args.scenario or load_checkpoint(out).state["scenario_path"]
+        if args.fresh:
+            raise TierflowError("--fresh: starts a run over, --resume continues it; give one of them")
+        recorded = load_checkpoint(out).state["scenario_path"]  # a damaged checkpoint stops here
+        scenario_path = args.scenario or recorded
     elif args.scenario:
+        from tierflow.orchestrator.run_dir import refuse_used_run_dir
+
         scenario_path = args.scenario
         out = Path(args.out) if args.out else _default_out(args.scenario)
+        refuse_used_run_dir(out, fresh=args.fresh)  # never mix two runs in one directory
     else:
         raise TierflowError("run: expected a scenario file, or --resume RUN_DIR")
     scenario = load_scenario(scenario_path)  # validated before Ray starts
@@ -44,7 +50,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume and profile_path is None and (out / PROFILE_FILE).is_file():
         profile_path = str(out / PROFILE_FILE)  # a resumed run charges what the interrupted one did
     summary = run_scenario(scenario, RunOptions(out_dir=out, address=args.address, metrics_addr=args.metrics_addr,
-                                                resume=bool(args.resume), profile_path=profile_path))
+                                                resume=bool(args.resume), fresh=args.fresh,
+                                                profile_path=profile_path))
     print(json.dumps({k: summary[k] for k in ("final_accuracy", "rounds", "wall_time_s", "virtual_time_s")}))
     print(f"run directory: {out}")
     return 0
@@ -155,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue an interrupted run from its last round-boundary checkpoint")
     run.add_argument("--address", help=ADDRESS_HELP)
     run.add_argument("--out", help="run directory (default: runs/<scenario name>)")
+    run.add_argument("--fresh", action="store_true",
+                     help="the run directory holds an earlier run: delete that run's files and start over")
     run.add_argument("--metrics-addr", default=None,
                      help="serve Prometheus metrics at HOST:PORT; :PORT binds 127.0.0.1, another host is allowed "
                           "with a warning; off by default")

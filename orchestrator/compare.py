@@ -311,7 +311,9 @@ def compare(scenario: Scenario, names: Sequence[str], out: Path, address: str | 
         else:
             if run_dir.is_symlink():  # an earlier comparison shared a twin's run here: do not write into it
                 run_dir.unlink()
-            run_scenario(sc, RunOptions(out_dir=run_dir, address=address, progress=progress, profile=profile))
+            # A comparison owns its variants' directories: it runs each one over (fresh).
+            run_scenario(sc, RunOptions(out_dir=run_dir, address=address, progress=progress, profile=profile,
+                                        fresh=True))
             rows.append(row_from_run(name, run_dir))
         r = rows[-1]
         how = f"same run as {twin}" if twin else f"{time.perf_counter() - t0:.0f} s wall"

@@ -27,11 +27,13 @@ from tierflow.orchestrator.errors import TierflowError
 from tierflow.orchestrator.events import EventLog
 from tierflow.orchestrator.handover_policies import HANDOVER_POLICIES, MoveResult
 from tierflow.orchestrator.mobility import build_detector, build_mobility
+from tierflow.orchestrator.model_files import write_final_model
 from tierflow.orchestrator.planning import DevicePlan, Observed, Planner, device_flops_per_step
 from tierflow.orchestrator.profiles import PROFILE_FILE, profile_digest, write_profile
 from tierflow.orchestrator.refused import RefusalReporter
 from tierflow.orchestrator.resources import ResourceModel
 from tierflow.orchestrator.round_policies import round_policy_for
+from tierflow.orchestrator.run_dir import EVENTS, EventsDigest, claim_run_dir
 from tierflow.orchestrator.scenario import CLOUD_EDGE, Scenario
 from tierflow.orchestrator.trajectories import TrajectoryRecorder
 from tierflow.orchestrator.world import World, build_world
@@ -55,6 +57,7 @@ class RunOptions:
     metrics_addr: str | None = None
     event_sinks: tuple = ()  # extra callables that receive every event (tests, embedding programs)
     resume: bool = False  # continue from out_dir's last round-boundary checkpoint
+    fresh: bool = False  # out_dir may hold an earlier run: delete it and start over (else that is an error)
     profile: LayerProfile | None = None  # the layer profile to charge (a comparison's); None: profile_path
     profile_path: str | None = None  # a layer profile file; None: this host's cached profile (timed if missing)
 
@@ -481,10 +484,11 @@ class Orchestrator:
             devices.update(part)
         sessions = dict(zip([*names, "cloud"], parts[len(hosts):], strict=True))
         log.flush()
+        events_bytes, events_sha256 = self.events_digest.advance()
         state = {
             "round": self.round, "scenario_fingerprint": scenario_fingerprint(self.scenario),
             "scenario_path": str(Path(self.scenario.source).resolve()),
-            "events_bytes": (self.options.out_dir / "events.jsonl").stat().st_size,
+            "events_bytes": events_bytes, "events_sha256": events_sha256,
             "wall_time_s": wall_s, "virtual_time_s": self.virtual_time_s, "mobility_t": self.mobility_t,
             "counters": self.counters, "bytes_total": self.bytes_total, "time_to_target": self.time_to_target,
             "session_at": self.session_at, "edge_of": self.edge_of, "detector": self.detector.current,
@@ -692,6 +696,17 @@ class Orchestrator:
     def run(self) -> dict:
         ensure_ray(self.options.address)  # a refused connection fails before the run directory exists
         out = self.options.out_dir
+        events_path = out / EVENTS
+        claim_run_dir(out, self.options.resume, self.options.fresh)  # one run per directory, never mixed
+        self.resume_from = None
+        if self.options.resume:  # checked before anything is written
+            self.resume_from = load_checkpoint(out)
+            state = self.resume_from.state
+            if state["scenario_fingerprint"] != scenario_fingerprint(self.scenario):
+                raise TierflowError(f"{out}: the checkpoint was written by a different scenario than "
+                                    f"{self.scenario.source} as it is now; resume needs the same one")
+            # Events of the round the crash interrupted are dropped: that round runs again.
+            self.events_digest = EventsDigest.continuing(events_path, state["events_bytes"], state["events_sha256"])
         out.mkdir(parents=True, exist_ok=True)
         exporter = None
         sinks = list(self.options.event_sinks)
@@ -700,20 +715,11 @@ class Orchestrator:
 
             exporter = MetricsExporter(self.options.metrics_addr).start()
             sinks.append(exporter.observe)
-        self.resume_from = None
-        events_path = out / "events.jsonl"
         if self.profile is not None:
             write_profile(out, self.profile)  # the figures this run charges: reusable with --profile
-        if self.options.resume:
-            self.resume_from = load_checkpoint(out)
-            if self.resume_from.state["scenario_fingerprint"] != scenario_fingerprint(self.scenario):
-                raise TierflowError(f"{out}: the checkpoint was written by a different scenario than "
-                                    f"{self.scenario.source} as it is now; resume needs the same one")
-            # Events of the round the crash interrupted are dropped: that round runs again.
-            with open(events_path, "r+b") as fh:
-                fh.truncate(int(self.resume_from.state["events_bytes"]))
-        else:
+        if not self.options.resume:
             events_path.write_text("")
+            self.events_digest = EventsDigest(events_path)
         log = EventLog(events_path, sinks)
         try:
             return self._run(log)
@@ -810,7 +816,7 @@ class Orchestrator:
         }
         log.emit({"event": "run_end", "wall_time_s": wall, "virtual_time_s": self.virtual_time_s,
                   "final_accuracy": accuracy, "rounds": sc.training.rounds})
-        torch.save({k: torch.from_numpy(v) for k, v in self.global_state.items()}, out / "model.pt")
+        write_final_model(out, self.global_state)  # model.safetensors (no pickle) and model.pt
         self.trajectories.save(out)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.stop_actors()
