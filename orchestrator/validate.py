@@ -48,22 +48,28 @@ class Fields:
         return [Fields(self.source, f"{self.field(key)}[{i}]", v) for i, v in enumerate(value)]
 
     def number(self, key: str, default: Any = _MISSING, *, positive: bool = False, minimum: float | None = None,
-               maximum: float | None = None) -> float:
+               maximum: float | None = None, why: str = "") -> float:
         value = self.get(key, default)
+        because = f" ({why})" if why else ""
         if finite(value) is None:
             self.fail(key, "a positive number" if positive else "a number", value)
         if positive and value <= 0:
             self.fail(key, "a positive number", value)
         if minimum is not None and value < minimum:
-            self.fail(key, f"a number >= {minimum:g}", value)
+            self.fail(key, f"a number >= {minimum:g}" + because, value)
         if maximum is not None and value > maximum:
-            self.fail(key, f"a number <= {maximum:g}", value)
+            self.fail(key, f"a number <= {maximum:g}" + because, value)
         return float(value)
 
-    def integer(self, key: str, default: Any = _MISSING, *, minimum: int = 0) -> int:
+    def integer(self, key: str, default: Any = _MISSING, *, minimum: int = 0, maximum: int | None = None,
+                why: str = "") -> int:
+        """A whole number in ``[minimum, maximum]``; ``why`` says what the upper bound protects, and
+        goes into the message so the user learns the reason, not just the number."""
         value = self.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             self.fail(key, f"an integer >= {minimum}", value)
+        if maximum is not None and value > maximum:
+            self.fail(key, f"an integer <= {maximum:,}" + (f" ({why})" if why else ""), value)
         return int(value)
 
     def string(self, key: str, default: Any = _MISSING, *, choices: Sequence[str] | None = None) -> str:

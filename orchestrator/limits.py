@@ -1,0 +1,30 @@
+"""Upper bounds on the numbers of a scenario, each with the reason a user reads when it is hit.
+
+A count that multiplies work (rounds, steps, devices, hosts) or a value handed to a library with a
+fixed-width type (seeds, millisecond timeouts) is bounded here, so a typo of a few zeros fails at
+load time instead of running for a year, exhausting memory, or crashing deep inside torch or zmq.
+The bounds are far above any real scenario. Each is a ``Fields.integer``/``Fields.number`` keyword
+set: ``tr.integer("rounds", minimum=1, **ROUNDS)``.
+"""
+
+from __future__ import annotations
+
+MAX_SEED = 2**32 - 1
+SEED = {"maximum": MAX_SEED, "why": "a 32-bit seed, the range numpy, torch and --seeds all accept"}
+
+ROUNDS = {"maximum": 100_000, "why": "each round is a cloud aggregation, an evaluation and a checkpoint"}
+LOCAL_STEPS = {"maximum": 100_000, "why": "every device trains this many batches between edge aggregations"}
+CLOUD_EVERY = {"maximum": 10_000, "why": "every round runs this many edge periods on every device"}
+BATCH_SIZE = {"maximum": 65_536, "why": "a batch and its activations are held in memory on every tier"}
+DEVICE_HOSTS = {"maximum": 1_024, "why": "each host is a Ray actor process holding its devices' models"}
+CHECK_EVERY_STEPS = {"maximum": LOCAL_STEPS["maximum"], "why": "a check interval longer than any period"}
+RINGS = {"maximum": 100_000, "why": "no more rings than the devices a scenario may hold"}
+
+# rounds x cloud_every x local_steps: the batches each device trains in the whole run.
+MAX_STEPS_PER_DEVICE = 10**8
+STEPS_WHY = "at even a millisecond a batch, more is over a day of training per device"
+
+# Timeouts become zmq/Ray timeouts in whole milliseconds (32-bit in zmq): below a millisecond is
+# zero (every step fails at once); a peer silent for a day is gone.
+TIMEOUT_S = {"minimum": 0.001, "maximum": 86_400.0,
+             "why": "timeouts count whole milliseconds; a peer silent for a day is gone"}
