@@ -45,11 +45,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     if args.target.endswith(".json"):
+        from tierflow.orchestrator.files import read_text
         from tierflow.placement.errors import InvalidInstanceError
-        from tierflow.placement.instance import load_instance, solve_instance
+        from tierflow.placement.instance import instance_from_text, solve_instance
 
         try:
-            result = solve_instance(load_instance(args.target))
+            result = solve_instance(instance_from_text(read_text(args.target, "cost-graph instance"), args.target))
         except InvalidInstanceError as exc:
             raise TierflowError(str(exc)) from exc
         print(json.dumps(result) if args.json else _format_instance(result))
