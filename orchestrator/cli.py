@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.validate import check_run_flags
 
 
 def _default_out(scenario_path: str) -> Path:
@@ -29,6 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else _default_out(args.scenario)
     else:
         raise TierflowError("run: expected a scenario file, or --resume RUN_DIR")
+    check_run_flags(None if args.resume else out, args.metrics_addr)  # before any directory or port is taken
     scenario = load_scenario(scenario_path)  # validated before Ray starts
     from tierflow.orchestrator.profiles import PROFILE_FILE
     from tierflow.orchestrator.runner import RunOptions, run_scenario
@@ -102,6 +104,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.rounds is not None and args.rounds < 1:
         raise TierflowError(f"--rounds: expected an integer >= 1, got {args.rounds}")
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.scenario).stem}-compare"
+    check_run_flags(out, None)
     if seeds is None:
         compare(scenario, names, out, address=args.address, rounds=args.rounds, profile_path=args.profile)
     else:
