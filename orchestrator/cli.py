@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.limits import ROUNDS
 from tierflow.orchestrator.validate import check_run_flags
 
 
@@ -30,8 +31,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else _default_out(args.scenario)
     else:
         raise TierflowError("run: expected a scenario file, or --resume RUN_DIR")
-    check_run_flags(None if args.resume else out, args.metrics_addr)  # before any directory or port is taken
     scenario = load_scenario(scenario_path)  # validated before Ray starts
+    check_run_flags(None if args.resume else out, args.metrics_addr)  # before any directory or port is taken
     from tierflow.orchestrator.profiles import PROFILE_FILE
     from tierflow.orchestrator.runner import RunOptions, run_scenario
 
@@ -103,8 +104,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
     if args.rounds is not None and args.rounds < 1:
         raise TierflowError(f"--rounds: expected an integer >= 1, got {args.rounds}")
+    if args.rounds is not None and args.rounds > ROUNDS["maximum"]:
+        raise TierflowError(f"--rounds: expected an integer <= {ROUNDS['maximum']:,} ({ROUNDS['why']}), "
+                            f"got {args.rounds}")
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.scenario).stem}-compare"
-    check_run_flags(out, None)
+    check_run_flags(out, None)  # before its directory is created
     if seeds is None:
         compare(scenario, names, out, address=args.address, rounds=args.rounds, profile_path=args.profile)
     else:

@@ -41,6 +41,25 @@ EXPECTED = {
     "trace_without_file.yaml": "mobility.trace: missing (required)",
     "resource_trace_bad_line.yaml": "resources.trace: ",  # then the CSV, its line and field (below)
     "resource_walk_unknown_device.yaml": "resources.bandwidth_walk.devices: expected a list of device names",
+    # numbers the code cannot hold, or work without end: bounded, with the reason
+    "huge_seed.yaml": "training.seed: expected an integer <= 4,294,967,295 (a 32-bit seed",
+    "huge_local_steps.yaml": "training.local_steps: expected an integer <= 100,000 (every device trains",
+    "float_local_steps.yaml": "training.local_steps: expected an integer >= 1, got 1e+30",
+    "float_cloud_every.yaml": "aggregation.cloud_every: expected an integer >= 1, got 1e+30",
+    "huge_cloud_every.yaml": "aggregation.cloud_every: expected an integer <= 10,000 (every round runs",
+    "too_many_steps.yaml": "training.local_steps: expected rounds x aggregation.cloud_every x local_steps <= "
+                           "100,000,000 batches per device",
+    "nan_rounds.yaml": "training.rounds: expected an integer >= 1, got nan",
+    "huge_batch_size.yaml": "training.batch_size: expected an integer <= 65,536 (a batch and its activations",
+    "huge_device_hosts.yaml": "execution.device_hosts: expected an integer <= 1,024 (each host is a Ray actor",
+    "huge_step_timeout.yaml": "policy.step_timeout_s: expected a number <= 86400 (timeouts count whole milliseconds",
+    "tiny_migration_timeout.yaml": "policy.migration_timeout_s: expected a number >= 0.001 (timeouts count",
+    # every trace: one reader, one set of rules
+    "mobility_trace_random_bytes.yaml": "mobility.trace: ",  # then the file: expected UTF-8 text ... offset
+    "mobility_trace_dev_zero.yaml": "mobility.trace: /dev/zero: expected a regular file for the mobility trace",
+    "mobility_trace_unknown_device.yaml": "mobility_unknown_device.csv:3: device: expected a device of the "
+                                          "scenario (d0, d1), got 'd7'",
+    "resource_trace_dev_zero.yaml": "resources.trace: /dev/zero: expected a regular file for the resource trace",
 }
 
 
@@ -87,3 +106,9 @@ def test_rings_off_as_bare_yaml_is_off(tmp_path):
     text = (HERE / "good_scenario.yaml").read_text() + "\npolicy: {rings: off}\n"
     (tmp_path / "s.yaml").write_text(text)
     assert load_scenario(tmp_path / "s.yaml").policy.rings == "off"  # YAML 1.1 reads `off` as false
+
+
+def test_a_mobility_trace_of_random_bytes_names_the_byte_and_offset(capsys):
+    assert main(["run", str(BAD / "mobility_trace_random_bytes.yaml")]) == 2
+    assert "mobility_random_bytes.csv: expected UTF-8 text for the mobility trace, got byte 0x80 at offset 27" \
+        in capsys.readouterr().err
