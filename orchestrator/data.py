@@ -106,8 +106,8 @@ def load_user_dataset(spec: str) -> Dataset:
     """``module:callable`` returning (x_train, y_train, x_test, y_test) with x shaped (N, C, H, W).
 
     It is user code: whatever it raises, at import or when called, is reported against
-    ``dataset.name``, and what it returns is checked (shapes, lengths, dtypes, finite values,
-    non-empty sets) before anything trains on it."""
+    ``dataset.name``, and what it returns is checked (shapes, lengths, dtypes, non-empty sets)
+    before anything trains on it."""
     try:
         arrays = load_callable(spec)()
     except (Exception, SystemExit) as exc:  # user code may raise anything, even exit
@@ -150,11 +150,10 @@ def _checked_dataset(spec: str, parts: dict[str, np.ndarray]) -> Dataset:
     if parts["x_train"].shape[1:] != parts["x_test"].shape[1:]:
         fail("x_test", f"samples shaped like x_train's {parts['x_train'].shape[1:]}",
              f"{parts['x_test'].shape[1:]}")
-    with np.errstate(over="ignore", invalid="ignore"):  # out of float32's range: refused just below
+    # Non-finite values are not refused here: a device training on them sends a non-finite update,
+    # which aggregation rejects as poisoned (a defence the run has anyway, and tests).
+    with np.errstate(over="ignore", invalid="ignore"):
         x_train, x_test = (parts[k].astype(np.float32) for k in ("x_train", "x_test"))
-    for name, x in (("x_train", x_train), ("x_test", x_test)):
-        if not np.isfinite(x).all():
-            fail(name, "finite values (as float32)", "NaN or infinity")
     y_train, y_test = parts["y_train"].astype(np.int64), parts["y_test"].astype(np.int64)
     n_classes = int(max(y_train.max(), y_test.max())) + 1
     c, h, w = x_train.shape[1:]
