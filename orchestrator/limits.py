@@ -28,3 +28,12 @@ STEPS_WHY = "at even a millisecond a batch, more is over a day of training per d
 # zero (every step fails at once); a peer silent for a day is gone.
 TIMEOUT_S = {"minimum": 0.001, "maximum": 86_400.0,
              "why": "timeouts count whole milliseconds; a peer silent for a day is gone"}
+
+# Distances in metres: the Earth is 4e7 m around, so a coordinate or radius beyond 1e8 m is a typo,
+# and sums of them (the walk's area) stay finite.
+MAX_METRES = 1e8
+METRES = {"maximum": MAX_METRES, "why": "metres: the Earth is 4e7 m around"}
+# The random walk is computed leg by leg: faster than an airliner only multiplies the legs to draw,
+# and an area under a metre makes legs of no length (the walk would never reach a later time).
+SPEED_MPS = {"maximum": 300.0, "why": "m/s: faster than an airliner"}
+MIN_AREA_M = 1.0

@@ -199,8 +199,8 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path("."), seed: int
     for ef in top.items("edges"):
         edges.append(EdgeSpec(
             name=_edge_name(ef),
-            position=ef.point("position", (0.0, 0.0)),
-            radius_m=ef.number("radius_m", 1000.0, positive=True),
+            position=ef.point("position", (0.0, 0.0), maximum_abs=limits.MAX_METRES, why=limits.METRES["why"]),
+            radius_m=ef.number("radius_m", 1000.0, positive=True, **limits.METRES),
             flops_per_s=ef.number("flops_per_s", positive=True),
             cloud_bandwidth_mbps=ef.number("cloud_bandwidth_mbps", 1000.0, positive=True, maximum=MAX_MBPS),
         ))
@@ -357,12 +357,13 @@ def _device(f: Fields, name: str, edges: list[EdgeSpec], rng: np.random.Generato
     edge_name = f.get("edge", None)
     if edge_name is not None and (not isinstance(edge_name, str) or edge_name not in {e.name for e in edges}):
         f.fail("edge", "the name of an edge server (" + ", ".join(e.name for e in edges) + ")", edge_name)
-    position = f.point("position", None) if f.get("position", None) is not None else None
+    position = f.point("position", None, maximum_abs=limits.MAX_METRES, why=limits.METRES["why"]) \
+        if f.get("position", None) is not None else None
     if position is None and edge_name is None:
         f.fail("position", "a position [x, y] or an edge name", None)
     if position is None:
         position = next(e for e in edges if e.name == edge_name).position
-    spread = f.number("spread_m", 0.0, minimum=0.0)
+    spread = f.number("spread_m", 0.0, minimum=0.0, **limits.METRES)
     if spread:  # before choosing the edge: a device starts attached to the edge its own position picks
         angle, radius = rng.uniform(0, 2 * math.pi), spread * math.sqrt(rng.uniform())
         position = (position[0] + radius * math.cos(angle), position[1] + radius * math.sin(angle))
@@ -389,7 +390,12 @@ def _mobility(f: Fields, base_dir: Path, devices: list[str]) -> MobilitySpec:
     low, high = (finite(v) for v in speed) if isinstance(speed, list) and len(speed) == 2 else (None, None)
     if low is None or high is None or not 0 < low <= high:
         f.fail("speed_mps", "a range [low, high] of positive speeds", speed)
-    area = f.point("area_m", None) if f.get("area_m", None) is not None else None
+    if high > limits.SPEED_MPS["maximum"]:
+        f.fail("speed_mps", f"speeds <= {limits.SPEED_MPS['maximum']:g} ({limits.SPEED_MPS['why']})", speed)
+    area = f.point("area_m", None, maximum_abs=limits.MAX_METRES, why=limits.METRES["why"]) \
+        if f.get("area_m", None) is not None else None
+    if area is not None and min(area) < limits.MIN_AREA_M:
+        f.fail("area_m", f"two sizes >= {limits.MIN_AREA_M:g} m (the walk's legs need room)", list(area))
     trace = f.get("trace", None)
     samples: tuple[TraceSample, ...] = ()
     if model == "trace":
@@ -406,7 +412,7 @@ def _mobility(f: Fields, base_dir: Path, devices: list[str]) -> MobilitySpec:
         area_m=area,
         trace=trace,
         trace_samples=samples,
-        hysteresis_m=f.number("hysteresis_m", 10.0, minimum=0.0),
+        hysteresis_m=f.number("hysteresis_m", 10.0, minimum=0.0, **limits.METRES),
         round_duration_s=f.number("round_duration_s", None, positive=True)
         if f.get("round_duration_s", None) is not None else None,
         check_every_steps=f.integer("check_every_steps", minimum=1, **limits.CHECK_EVERY_STEPS)

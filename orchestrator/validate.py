@@ -90,10 +90,13 @@ class Fields:
             self.fail(key, "true or false", value)
         return value
 
-    def point(self, key: str, default: Any = _MISSING) -> tuple[float, float]:
+    def point(self, key: str, default: Any = _MISSING, *, maximum_abs: float | None = None, why: str = "") \
+            -> tuple[float, float]:
         value = self.get(key, default)
         if not isinstance(value, (list, tuple)) or len(value) != 2 or any(finite(v) is None for v in value):
             self.fail(key, "a pair of numbers [x, y]", value)
+        if maximum_abs is not None and any(abs(v) > maximum_abs for v in value):
+            self.fail(key, f"a pair of numbers [x, y] within +-{maximum_abs:g}" + (f" ({why})" if why else ""), value)
         return float(value[0]), float(value[1])
 
     def reject_unknown(self) -> None:
