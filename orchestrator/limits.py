@@ -37,3 +37,5 @@ METRES = {"maximum": MAX_METRES, "why": "metres: the Earth is 4e7 m around"}
 # and an area under a metre makes legs of no length (the walk would never reach a later time).
 SPEED_MPS = {"maximum": 300.0, "why": "m/s: faster than an airliner"}
 MIN_AREA_M = 1.0
+# Mobility seconds per round: a device's walk is drawn leg by leg up to the run's end.
+ROUND_DURATION_S = {"maximum": 1e6, "why": "seconds of movement per round; the walk is drawn up to the run's end"}

@@ -413,7 +413,7 @@ def _mobility(f: Fields, base_dir: Path, devices: list[str]) -> MobilitySpec:
         trace=trace,
         trace_samples=samples,
         hysteresis_m=f.number("hysteresis_m", 10.0, minimum=0.0, **limits.METRES),
-        round_duration_s=f.number("round_duration_s", None, positive=True)
+        round_duration_s=f.number("round_duration_s", None, positive=True, **limits.ROUND_DURATION_S)
         if f.get("round_duration_s", None) is not None else None,
         check_every_steps=f.integer("check_every_steps", minimum=1, **limits.CHECK_EVERY_STEPS)
         if f.get("check_every_steps", None) is not None else None,

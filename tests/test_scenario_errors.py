@@ -56,6 +56,7 @@ EXPECTED = {
     "tiny_migration_timeout.yaml": "policy.migration_timeout_s: expected a number >= 0.001 (timeouts count",
     "huge_speed.yaml": "mobility.speed_mps: expected speeds <= 300 (m/s: faster than an airliner)",
     "huge_position.yaml": "devices[0].position: expected a pair of numbers [x, y] within +-1e+08 (metres",
+    "huge_round_duration.yaml": "mobility.round_duration_s: expected a number <= 1e+06 (seconds of movement",
     "tiny_area.yaml": "mobility.area_m: expected two sizes >= 1 m (the walk's legs need room)",
     # every trace: one reader, one set of rules
     "mobility_trace_random_bytes.yaml": "mobility.trace: ",  # then the file: expected UTF-8 text ... offset
