@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import bisect
 import csv
+import io
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -95,43 +96,84 @@ class RandomWaypoint:
         return out
 
 
+TRACE_HEADER = ("time_s", "device", "x", "y")
+
+
+class TraceSample(NamedTuple):
+    time_s: float
+    device: str
+    x: float
+    y: float
+
+
+def parse_trace(text: str, source: str, devices: Collection[str] | None = None) -> tuple[TraceSample, ...]:
+    """Check a mobility trace, CSV ``time_s,device,x,y``; errors name ``source``, the line and the field.
+
+    Times are seconds since the run began (>= 0) and go forward per device. ``devices``: the names
+    a row may use (None: any), so a typo in a name fails instead of leaving that device still.
+    The caller reads the file (bounded, regular files only); this sees only its text.
+    """
+    known = None if devices is None else set(devices)
+    samples: list[TraceSample] = []
+    last: dict[str, float] = {}
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != TRACE_HEADER:
+            shown = header if header is None else ",".join(header)[:80]
+            raise MobilityInputError(f"{source}:1: expected the header 'time_s,device,x,y', got {shown!r}")
+        for row in reader:
+            if not row or all(not c.strip() for c in row):
+                continue
+            samples.append(_sample(f"{source}:{reader.line_num}", row, known, last))
+    except csv.Error as exc:
+        raise MobilityInputError(f"{source}:{reader.line_num}: expected CSV text ({exc})") from None
+    if not samples:
+        raise MobilityInputError(f"{source}: no samples (expected rows time_s,device,x,y after the header)")
+    return tuple(samples)
+
+
+def _sample(where: str, row: list[str], known: set[str] | None, last: dict[str, float]) -> TraceSample:
+    if len(row) != 4:
+        raise MobilityInputError(f"{where}: expected 4 fields time_s,device,x,y, got {len(row)}")
+    try:
+        t, x, y = float(row[0]), float(row[2]), float(row[3])
+    except ValueError as exc:
+        raise MobilityInputError(f"{where}: expected numbers for time_s, x, y ({str(exc)[:80]})") from None
+    if not all(math.isfinite(v) for v in (t, x, y)):
+        raise MobilityInputError(f"{where}: expected finite numbers")
+    if t < 0:
+        raise MobilityInputError(f"{where}: time_s: expected a time >= 0 (seconds since the run began), got {t:g}")
+    device = row[1].strip()
+    if not device:
+        raise MobilityInputError(f"{where}: device: expected a name")
+    if known is not None and device not in known:
+        some = ", ".join(sorted(known)[:5]) + (", ..." if len(known) > 5 else "")
+        raise MobilityInputError(f"{where}: device: expected a device of the scenario ({some}), got {device[:40]!r}")
+    if t < last.get(device, 0.0):
+        raise MobilityInputError(f"{where}: time_s {t} goes back for device {device!r}")
+    last[device] = t
+    return TraceSample(t, device, x, y)
+
+
 class TraceMobility:
-    """Positions from a CSV ``time_s,device,x,y``, linearly interpolated per device."""
+    """Positions from checked trace samples (:func:`parse_trace`), linearly interpolated per device."""
 
     def __init__(self, paths: Mapping[str, _Path]):
         self._paths = dict(paths)
 
     @classmethod
-    def from_csv(cls, path: str | Path) -> TraceMobility:
-        path = Path(path)
+    def from_samples(cls, samples: Iterable[TraceSample]) -> TraceMobility:
         knots: dict[str, tuple[list[float], list[Point]]] = {}
-        with open(path, newline="") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None or [h.strip() for h in header] != ["time_s", "device", "x", "y"]:
-                raise MobilityInputError(f"{path}:1: expected the header 'time_s,device,x,y', got {header}")
-            for line_no, row in enumerate(reader, start=2):
-                if not row or all(not c.strip() for c in row):
-                    continue
-                if len(row) != 4:
-                    raise MobilityInputError(f"{path}:{line_no}: expected 4 fields time_s,device,x,y, got {len(row)}")
-                try:
-                    t, x, y = float(row[0]), float(row[2]), float(row[3])
-                except ValueError as exc:
-                    raise MobilityInputError(f"{path}:{line_no}: expected numbers for time_s, x, y ({exc})") from exc
-                if not all(math.isfinite(v) for v in (t, x, y)):
-                    raise MobilityInputError(f"{path}:{line_no}: expected finite numbers")
-                device = row[1].strip()
-                if not device:
-                    raise MobilityInputError(f"{path}:{line_no}: device: expected a name")
-                times, points = knots.setdefault(device, ([], []))
-                if times and t < times[-1]:
-                    raise MobilityInputError(f"{path}:{line_no}: time_s {t} goes back for device {device!r}")
-                times.append(t)
-                points.append((x, y))
-        if not knots:
-            raise MobilityInputError(f"{path}: no samples")
+        for t, device, x, y in samples:
+            times, points = knots.setdefault(device, ([], []))
+            times.append(t)
+            points.append((x, y))
         return cls({d: _Path(ts, ps) for d, (ts, ps) in knots.items()})
+
+    @classmethod
+    def from_text(cls, text: str, source: str, devices: Collection[str] | None = None) -> TraceMobility:
+        return cls.from_samples(parse_trace(text, source, devices))
 
     def positions(self, t_s: float) -> dict[str, Point]:
         return {d: p.at(t_s) for d, p in self._paths.items()}

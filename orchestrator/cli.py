@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.limits import ROUNDS
+from tierflow.orchestrator.validate import check_run_flags
 
 ADDRESS_HELP = ("HOST:PORT of a Ray cluster's head, or 'local' (default: RAY_ADDRESS, else the `ray start` cluster "
                 "on this machine, else a private local Ray)")
@@ -39,10 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         raise TierflowError("run: expected a scenario file, or --resume RUN_DIR")
     scenario = load_scenario(scenario_path)  # validated before Ray starts
-    if args.metrics_addr:
-        from tierflow.orchestrator.metrics import parse_addr
-
-        parse_addr(args.metrics_addr)  # like the scenario: before Ray starts or the run directory exists
+    check_run_flags(None if args.resume else out, args.metrics_addr)  # before any directory or port is taken
     from tierflow.orchestrator.profiles import PROFILE_FILE
     from tierflow.orchestrator.runner import RunOptions, run_scenario
 
@@ -59,11 +58,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     if args.target.endswith(".json"):
+        from tierflow.orchestrator.files import read_text
         from tierflow.placement.errors import InvalidInstanceError
-        from tierflow.placement.instance import load_instance, solve_instance
+        from tierflow.placement.instance import instance_from_text, solve_instance
 
         try:
-            result = solve_instance(load_instance(args.target))
+            result = solve_instance(instance_from_text(read_text(args.target, "cost-graph instance"), args.target))
         except InvalidInstanceError as exc:
             raise TierflowError(str(exc)) from exc
         print(json.dumps(result) if args.json else _format_instance(result))
@@ -115,7 +115,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
     if args.rounds is not None and args.rounds < 1:
         raise TierflowError(f"--rounds: expected an integer >= 1, got {args.rounds}")
+    if args.rounds is not None and args.rounds > ROUNDS["maximum"]:
+        raise TierflowError(f"--rounds: expected an integer <= {ROUNDS['maximum']:,} ({ROUNDS['why']}), "
+                            f"got {args.rounds}")
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.scenario).stem}-compare"
+    check_run_flags(out, None)  # before its directory is created
     if seeds is None:
         compare(scenario, names, out, address=args.address, rounds=args.rounds, profile_path=args.profile)
     else:

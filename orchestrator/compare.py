@@ -20,6 +20,7 @@ from pathlib import Path
 from tierflow.orchestrator.cluster import ensure_ray
 from tierflow.orchestrator.errors import TierflowError
 from tierflow.orchestrator.events import read_events
+from tierflow.orchestrator.files import read_text
 from tierflow.orchestrator.scenario import MobilitySpec, Scenario
 from tierflow.placement.profile import LayerProfile
 
@@ -117,7 +118,7 @@ def residuals(rounds: Sequence[dict]) -> list[float]:
 
 
 def row_from_run(variant: str, run_dir: Path) -> Row:
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads(read_text(run_dir / "summary.json", "run summary"))
     rounds = [e for e in read_events(run_dir / "events.jsonl") if e["event"] == "round_end"]
     curve = [(float(e["virtual_time_s"]), float(e["accuracy"])) for e in rounds]
     res = residuals(rounds)

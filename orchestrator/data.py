@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.files import MiB, read_bytes
 from tierflow.tiers.models import InputShape, load_callable
+
+CIFAR_BATCH_LIMIT_BYTES = 64 * MiB  # one batch of 10,000 images is 30 MiB
 
 
 @dataclass(frozen=True)
@@ -62,15 +65,14 @@ class _CifarUnpickler(pickle.Unpickler):
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    raw = read_bytes(path, "CIFAR-10 python batch", max_bytes=CIFAR_BATCH_LIMIT_BYTES)
     try:
-        with open(path, "rb") as fh:
-            batch = _CifarUnpickler(io.BytesIO(fh.read()), encoding="bytes").load()
+        batch = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except FileNotFoundError as exc:
-        raise TierflowError(f"{path}: file not found (expected a CIFAR-10 python batch)") from exc
-    except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as exc:
-        raise TierflowError(f"{path}: not a CIFAR-10 python batch ({exc})") from exc
+    except Exception as exc:  # a damaged pickle fails in many ways (and never runs code: see the unpickler)
+        raise TierflowError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {str(exc)[:200]})") \
+            from None
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise TierflowError(f"{path}: expected data of shape (N, 3072) and N labels, got {data.shape}")
     return data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, labels
@@ -97,21 +99,65 @@ def load_cifar10(directory: str | Path) -> Dataset:
     )
 
 
+MAX_CLASSES = 100_000  # the model's last layer has an output per class
+
+
 def load_user_dataset(spec: str) -> Dataset:
-    """``module:callable`` returning (x_train, y_train, x_test, y_test) with x shaped (N, C, H, W)."""
+    """``module:callable`` returning (x_train, y_train, x_test, y_test) with x shaped (N, C, H, W).
+
+    It is user code: whatever it raises, at import or when called, is reported against
+    ``dataset.name``, and what it returns is checked (shapes, lengths, dtypes, non-empty sets)
+    before anything trains on it."""
     try:
         arrays = load_callable(spec)()
-        x_train, y_train, x_test, y_test = (np.asarray(a) for a in arrays)
-    except (ImportError, ValueError, TypeError) as exc:
-        raise TierflowError(f"dataset.name: could not load {spec!r}: {exc}") from exc
-    if x_train.ndim != 4:
-        raise TierflowError(f"dataset.name: {spec!r} must return x shaped (N, C, H, W), got {x_train.shape}")
+    except (Exception, SystemExit) as exc:  # user code may raise anything, even exit
+        raise TierflowError(f"dataset.name: {spec!r} failed: {type(exc).__name__}: {str(exc)[:300]}") from None
+    if isinstance(arrays, (str, bytes)) or not isinstance(arrays, (tuple, list)) or len(arrays) != 4:
+        got = type(arrays).__name__ + (f" of length {len(arrays)}" if isinstance(arrays, (tuple, list)) else "")
+        raise TierflowError(f"dataset.name: {spec!r}: expected it to return (x_train, y_train, x_test, y_test), "
+                            f"got {got}")
+    names = ("x_train", "y_train", "x_test", "y_test")
+    parts = {}
+    for name, value in zip(names, arrays, strict=True):
+        try:
+            parts[name] = np.asarray(value)
+        except Exception as exc:  # ragged lists, objects without an array form
+            raise TierflowError(f"dataset.name: {spec!r}: {name}: expected an array ({type(exc).__name__}: "
+                                f"{str(exc)[:200]})") from None
+    return _checked_dataset(spec, parts)
+
+
+def _checked_dataset(spec: str, parts: dict[str, np.ndarray]) -> Dataset:
+    def fail(name: str, expected: str, got: str) -> None:
+        raise TierflowError(f"dataset.name: {spec!r}: {name}: expected {expected}, got {got}")
+
+    for split in ("train", "test"):
+        x, y = parts[f"x_{split}"], parts[f"y_{split}"]
+        if x.ndim != 4 or 0 in x.shape[1:]:
+            fail(f"x_{split}", "an array shaped (N, C, H, W) with C, H, W >= 1", f"shape {x.shape}")
+        if x.dtype.kind not in "biuf":
+            fail(f"x_{split}", "real numbers", f"dtype {x.dtype}")
+        if y.ndim != 1 or y.dtype.kind not in "iu":
+            fail(f"y_{split}", "a 1-D array of integer class labels", f"shape {y.shape}, dtype {y.dtype}")
+        if len(y) != len(x):
+            fail(f"y_{split}", f"one label per sample of x_{split} ({len(x)})", f"{len(y)} labels")
+        if len(y) == 0:
+            fail(f"x_{split}", f"at least one sample (the {split} set {'trains' if split == 'train' else 'scores'} "
+                 "the model)", "an empty set")
+        if y.min() < 0 or y.max() >= MAX_CLASSES:
+            fail(f"y_{split}", f"labels from 0 to {MAX_CLASSES - 1:,} (one model output per class)",
+                 f"labels from {y.min()} to {y.max()}")
+    if parts["x_train"].shape[1:] != parts["x_test"].shape[1:]:
+        fail("x_test", f"samples shaped like x_train's {parts['x_train'].shape[1:]}",
+             f"{parts['x_test'].shape[1:]}")
+    # Non-finite values are not refused here: a device training on them sends a non-finite update,
+    # which aggregation rejects as poisoned (a defence the run has anyway, and tests).
+    with np.errstate(over="ignore", invalid="ignore"):
+        x_train, x_test = (parts[k].astype(np.float32) for k in ("x_train", "x_test"))
+    y_train, y_test = parts["y_train"].astype(np.int64), parts["y_test"].astype(np.int64)
     n_classes = int(max(y_train.max(), y_test.max())) + 1
     c, h, w = x_train.shape[1:]
-    return Dataset(
-        x_train.astype(np.float32), y_train.astype(np.int64), x_test.astype(np.float32),
-        y_test.astype(np.int64), InputShape(int(c), int(h), int(w), n_classes),
-    )
+    return Dataset(x_train, y_train, x_test, y_test, InputShape(int(c), int(h), int(w), n_classes))
 
 
 def partition_iid(n_samples: int, shares: list[float], seed: int) -> list[np.ndarray]:

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tierflow.orchestrator.files import EVENT_LOG_LIMIT_BYTES, read_text
+
 Event = dict[str, Any]
 
 # Fields that measure this host's wall clock: the only ones two identical emulated runs may differ in.
@@ -32,5 +34,5 @@ class EventLog:
 
 
 def read_events(path: Path) -> list[Event]:
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    text = read_text(path, "event log", max_bytes=EVENT_LOG_LIMIT_BYTES)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -17,6 +17,7 @@ from tierflow.orchestrator.errors import TierflowError
 
 MiB = 1 << 20
 TEXT_LIMIT_BYTES = 64 * MiB  # scenario, traces, profiles, instances: far beyond any real one
+EVENT_LOG_LIMIT_BYTES = 1024 * MiB  # a run's own log: a round of 100,000 devices is a few MiB
 
 
 def _open_regular(path: Path, what: str):

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from tierflow.migration.refusals import PORTS, REASONS
 from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.validate import split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,7 @@ class _ScrapeClock:
 
 def parse_addr(addr: str) -> tuple[str, int]:
     """``HOST:PORT``; ``:PORT`` means loopback (metrics reveal the run: expose them only on purpose)."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise TierflowError(f"metrics address {addr!r}: expected 'host:port' with a port from 0 to 65535, "
-                            "e.g. '127.0.0.1:9464'")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return split_host_port(addr, f"metrics address {addr!r}")
 
 
 def is_loopback(host: str) -> bool:

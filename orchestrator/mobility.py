@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tierflow.migration.errors import MobilityInputError
 from tierflow.migration.handover import EdgeSite, HandoverDetector
 from tierflow.migration.mobility import RandomWaypoint, StaticMobility, TraceMobility
 from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.limits import MIN_AREA_M
 from tierflow.orchestrator.scenario import Scenario
 
 
@@ -28,17 +28,14 @@ def build_mobility(scenario: Scenario):
     if spec.model == "static":
         return static
     if spec.model == "trace":
-        try:
-            return _TraceOverStatic(TraceMobility.from_csv(spec.trace), static)
-        except MobilityInputError as exc:
-            raise TierflowError(f"{scenario.source}: mobility.trace: {exc}") from exc
-        except OSError as exc:
-            raise TierflowError(
-                f"{scenario.source}: mobility.trace: cannot read {spec.trace} ({exc.strerror})") from exc
+        return _TraceOverStatic(TraceMobility.from_samples(spec.trace_samples), static)  # read with the scenario
     area = spec.area_m
     if area is None:  # the box the edge servers cover
         area = (max(e.position[0] + e.radius_m for e in scenario.edges),
                 max(e.position[1] + e.radius_m for e in scenario.edges))
+        if min(area) < MIN_AREA_M:
+            raise TierflowError(f"{scenario.source}: mobility.area_m: expected two sizes >= {MIN_AREA_M:g} m; the "
+                                f"box from (0, 0) the edges cover is {area[0]:g} x {area[1]:g} m (give area_m)")
     return RandomWaypoint(sorted(start), area_m=area, speed_mps=spec.speed_mps, pause_s=spec.pause_s,
                           seed=scenario.training.seed, start=start)
 

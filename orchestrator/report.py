@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.files import EVENT_LOG_LIMIT_BYTES, read_text
 from tierflow.orchestrator.trajectories import TRAJECTORIES, TrajectoryError, load_trajectories
 
 EVENT_LOG = "events.jsonl"
@@ -32,12 +33,12 @@ def load_events(path: Path) -> list[dict]:
     Blank lines are skipped; anything else unreadable raises :class:`ReportError`.
     """
     path = Path(path)
+    if not path.exists():
+        raise ReportError(f"{path}: no event log (expected the run's {EVENT_LOG})")
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ReportError(f"{path}: no event log (expected the run's {EVENT_LOG})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReportError(f"{path}: cannot read event log: {exc}") from exc
+        text = read_text(path, "event log", max_bytes=EVENT_LOG_LIMIT_BYTES)
+    except TierflowError as exc:
+        raise ReportError(str(exc)) from None
     events = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -46,6 +47,8 @@ def load_events(path: Path) -> list[dict]:
             event = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ReportError(f"{path}:{lineno}: not a JSON event ({exc.msg} at column {exc.colno})") from None
+        except (ValueError, RecursionError) as exc:  # an integer of 5,000 digits, nesting deeper than the stack
+            raise ReportError(f"{path}:{lineno}: not a JSON event ({type(exc).__name__}: {str(exc)[:80]})") from None
         if not isinstance(event, dict) or not isinstance(event.get("event"), str):
             raise ReportError(f"{path}:{lineno}: expected an object with an 'event' name, got {line[:80]!r}")
         event["_line"] = lineno

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import io
 import math
 import sys
 from array import array
@@ -52,6 +53,7 @@ from typing import Protocol
 import numpy as np
 
 from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.files import read_text
 
 TRACE_HEADER = ["time_s", "entity", "flops_per_s", "bandwidth_bps"]
 
@@ -121,26 +123,18 @@ def read_trace(path: str | Path, entities: Sequence[str], ambiguous: Collection[
     known = set(entities)
     rows: list[TraceRow] = []
     last: dict[str, float] = {}
+    reader = csv.reader(io.StringIO(read_text(path, "resource trace"), newline=""))
     try:
-        if path.exists() and not path.is_file():  # a FIFO or a device would block or never end
-            raise TierflowError(f"{path}: expected a resource trace file (CSV {','.join(TRACE_HEADER)})")
-        fh = open(path, newline="", encoding="utf-8-sig")
-    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
-        raise TierflowError(f"{path}: cannot read the resource trace ({getattr(exc, 'strerror', None) or exc})") \
-            from exc
-    with fh:
-        reader = csv.reader(fh)
-        try:
-            header = next(reader, None)
-            if header is None or [h.strip() for h in header] != TRACE_HEADER:
-                shown = header if header is None else ",".join(header)[:80]
-                raise TierflowError(f"{path}:1: expected the header '{','.join(TRACE_HEADER)}', got {shown!r}")
-            for row in reader:
-                if not row or all(not c.strip() for c in row):
-                    continue
-                rows.append(_trace_row(path, reader.line_num, row, known, set(ambiguous), last))
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise TierflowError(f"{path}:{reader.line_num}: expected CSV text ({exc})") from None
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header] != TRACE_HEADER:
+            shown = header if header is None else ",".join(header)[:80]
+            raise TierflowError(f"{path}:1: expected the header '{','.join(TRACE_HEADER)}', got {shown!r}")
+        for row in reader:
+            if not row or all(not c.strip() for c in row):
+                continue
+            rows.append(_trace_row(path, reader.line_num, row, known, set(ambiguous), last))
+    except csv.Error as exc:
+        raise TierflowError(f"{path}:{reader.line_num}: expected CSV text ({exc})") from None
     if not rows:
         raise TierflowError(f"{path}: expected at least one row after the header")
     return tuple(rows)

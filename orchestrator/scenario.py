@@ -15,7 +15,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from tierflow.migration.errors import MobilityInputError
+from tierflow.migration.mobility import TraceSample, parse_trace
+from tierflow.orchestrator import limits
 from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.files import read_text
 from tierflow.orchestrator.resources import (
     AvailabilitySpec,
     AvailabilityState,
@@ -94,6 +98,7 @@ class MobilitySpec:
     pause_s: float = 0.0
     area_m: tuple[float, float] | None = None
     trace: str | None = None
+    trace_samples: tuple[TraceSample, ...] = ()  # the trace, read and checked with the scenario
     hysteresis_m: float = 10.0
     round_duration_s: float | None = None  # mobility seconds per round; None: follow the run's clock
     check_every_steps: int | None = None  # handover checks within a period; None: at period ends
@@ -159,15 +164,7 @@ def load_scenario(path: str | Path, seed: int | None = None) -> Scenario:
     from ranges, positions, resource paths): the same scenario on another seed."""
     path = Path(path)
     source = str(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise TierflowError(f"{source}: cannot read the scenario file ({exc.strerror})") from exc
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise TierflowError(f"{source}: expected UTF-8 text, got byte {raw[exc.start]:#04x} at offset "
-                            f"{exc.start}") from None
+    text = read_text(path, "scenario file")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -191,7 +188,7 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path("."), seed: int
     top = Fields(source, "", data)
     name = top.string("name", Path(source).stem)
     seed_fields = top.sub("training")
-    in_file = seed_fields.integer("seed", 0)  # checked (and marked as known) even when replaced
+    in_file = seed_fields.integer("seed", 0, **limits.SEED)  # checked (and marked as known) even when replaced
     seed = in_file if seed is None else seed
 
     cloud_f = top.sub("cloud")
@@ -202,8 +199,8 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path("."), seed: int
     for ef in top.items("edges"):
         edges.append(EdgeSpec(
             name=_edge_name(ef),
-            position=ef.point("position", (0.0, 0.0)),
-            radius_m=ef.number("radius_m", 1000.0, positive=True),
+            position=ef.point("position", (0.0, 0.0), maximum_abs=limits.MAX_METRES, why=limits.METRES["why"]),
+            radius_m=ef.number("radius_m", 1000.0, positive=True, **limits.METRES),
             flops_per_s=ef.number("flops_per_s", positive=True),
             cloud_bandwidth_mbps=ef.number("cloud_bandwidth_mbps", 1000.0, positive=True, maximum=MAX_MBPS),
         ))
@@ -255,9 +252,9 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path("."), seed: int
     )
     opt_f.reject_unknown()
     training = TrainingSpec(
-        rounds=tr.integer("rounds", minimum=1),
-        local_steps=tr.integer("local_steps", minimum=1),
-        batch_size=tr.integer("batch_size", 32, minimum=1),
+        rounds=tr.integer("rounds", minimum=1, **limits.ROUNDS),
+        local_steps=tr.integer("local_steps", minimum=1, **limits.LOCAL_STEPS),
+        batch_size=tr.integer("batch_size", 32, minimum=1, **limits.BATCH_SIZE),
         optimizer=optimizer,
         seed=seed,
         target_accuracy=tr.number("target_accuracy", 0.9, minimum=0.0, maximum=1.0),
@@ -267,25 +264,31 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path("."), seed: int
     ag_f = top.sub("aggregation", {})
     aggregation = AggregationSpec(
         schedule=ag_f.string("schedule", "hierfavg", choices=("hierfavg", "flat")),
-        cloud_every=ag_f.integer("cloud_every", 1, minimum=1),
+        cloud_every=ag_f.integer("cloud_every", 1, minimum=1, **limits.CLOUD_EVERY),
     )
+    steps = training.rounds * aggregation.cloud_every * training.local_steps
+    if steps > limits.MAX_STEPS_PER_DEVICE:
+        tr.fail("local_steps", f"rounds x aggregation.cloud_every x local_steps <= {limits.MAX_STEPS_PER_DEVICE:,} "
+                f"batches per device ({limits.STEPS_WHY})", steps)
     ag_f.reject_unknown()
 
-    mobility = _mobility(top.sub("mobility", {}), base_dir)
+    mobility = _mobility(top.sub("mobility", {}), base_dir, [d.name for d in devices])
     pol_f = top.sub("policy", {})
     rings = pol_f.get("rings", "off")
     if rings is False:  # YAML 1.1 reads a bare `off` as false
         rings = "off"
     if not (rings in ("off", "auto") or (isinstance(rings, int) and not isinstance(rings, bool) and rings >= 1)):
         pol_f.fail("rings", "'off', 'auto' or a positive integer", rings)
+    if isinstance(rings, int):
+        pol_f.integer("rings", minimum=1, **limits.RINGS)
     policy = PolicySpec(
         placement=pol_f.string("placement", "fixed", choices=("fixed", "adaptive")),
         rings=rings,
         handover=pol_f.string("handover", "migrate", choices=("migrate", "restart")),
         disconnected=pol_f.string("disconnected", "wait", choices=("wait", "drop")),
-        migration_timeout_s=pol_f.number("migration_timeout_s", 10.0, positive=True),
-        step_timeout_s=pol_f.number("step_timeout_s", 30.0, positive=True),
-        round_deadline_s=pol_f.number("round_deadline_s", None, positive=True)
+        migration_timeout_s=pol_f.number("migration_timeout_s", 10.0, positive=True, **limits.TIMEOUT_S),
+        step_timeout_s=pol_f.number("step_timeout_s", 30.0, positive=True, **limits.TIMEOUT_S),
+        round_deadline_s=pol_f.number("round_deadline_s", None, positive=True, **limits.TIMEOUT_S)
         if pol_f.get("round_deadline_s", None) is not None else None,
         migration_pause_s=pol_f.number("migration_pause_s", 0.05, minimum=0.0),
         replan=pol_f.boolean("replan", True),
@@ -296,7 +299,7 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path("."), seed: int
     pol_f.reject_unknown()
     ex_f = top.sub("execution", {})
     execution = ExecutionSpec(
-        device_hosts=ex_f.integer("device_hosts", 2, minimum=1),
+        device_hosts=ex_f.integer("device_hosts", 2, minimum=1, **limits.DEVICE_HOSTS),
         time=ex_f.string("time", "emulated", choices=("emulated", "real")),
         compute=ex_f.string("compute", "profile", choices=("profile", "flops", "measured")),
     )
@@ -354,12 +357,13 @@ def _device(f: Fields, name: str, edges: list[EdgeSpec], rng: np.random.Generato
     edge_name = f.get("edge", None)
     if edge_name is not None and (not isinstance(edge_name, str) or edge_name not in {e.name for e in edges}):
         f.fail("edge", "the name of an edge server (" + ", ".join(e.name for e in edges) + ")", edge_name)
-    position = f.point("position", None) if f.get("position", None) is not None else None
+    position = f.point("position", None, maximum_abs=limits.MAX_METRES, why=limits.METRES["why"]) \
+        if f.get("position", None) is not None else None
     if position is None and edge_name is None:
         f.fail("position", "a position [x, y] or an edge name", None)
     if position is None:
         position = next(e for e in edges if e.name == edge_name).position
-    spread = f.number("spread_m", 0.0, minimum=0.0)
+    spread = f.number("spread_m", 0.0, minimum=0.0, **limits.METRES)
     if spread:  # before choosing the edge: a device starts attached to the edge its own position picks
         angle, radius = rng.uniform(0, 2 * math.pi), spread * math.sqrt(rng.uniform())
         position = (position[0] + radius * math.cos(angle), position[1] + radius * math.sin(angle))
@@ -380,27 +384,38 @@ def _device(f: Fields, name: str, edges: list[EdgeSpec], rng: np.random.Generato
     )
 
 
-def _mobility(f: Fields, base_dir: Path) -> MobilitySpec:
+def _mobility(f: Fields, base_dir: Path, devices: list[str]) -> MobilitySpec:
     model = f.string("model", "static", choices=("static", "random_waypoint", "trace"))
     speed = f.get("speed_mps", [1.0, 10.0])
     low, high = (finite(v) for v in speed) if isinstance(speed, list) and len(speed) == 2 else (None, None)
     if low is None or high is None or not 0 < low <= high:
         f.fail("speed_mps", "a range [low, high] of positive speeds", speed)
-    area = f.point("area_m", None) if f.get("area_m", None) is not None else None
+    if high > limits.SPEED_MPS["maximum"]:
+        f.fail("speed_mps", f"speeds <= {limits.SPEED_MPS['maximum']:g} ({limits.SPEED_MPS['why']})", speed)
+    area = f.point("area_m", None, maximum_abs=limits.MAX_METRES, why=limits.METRES["why"]) \
+        if f.get("area_m", None) is not None else None
+    if area is not None and min(area) < limits.MIN_AREA_M:
+        f.fail("area_m", f"two sizes >= {limits.MIN_AREA_M:g} m (the walk's legs need room)", list(area))
     trace = f.get("trace", None)
+    samples: tuple[TraceSample, ...] = ()
     if model == "trace":
         trace = f.string("trace")
         trace = str(base_dir / trace) if not Path(trace).is_absolute() else trace
+        try:
+            samples = parse_trace(read_text(trace, "mobility trace"), trace, devices)
+        except (TierflowError, MobilityInputError) as exc:
+            raise TierflowError(f"{f.source}: {f.field('trace')}: {exc}") from None
     spec = MobilitySpec(
         model=model,
         speed_mps=(low, high),
         pause_s=f.number("pause_s", 0.0, minimum=0.0),
         area_m=area,
         trace=trace,
-        hysteresis_m=f.number("hysteresis_m", 10.0, minimum=0.0),
-        round_duration_s=f.number("round_duration_s", None, positive=True)
+        trace_samples=samples,
+        hysteresis_m=f.number("hysteresis_m", 10.0, minimum=0.0, **limits.METRES),
+        round_duration_s=f.number("round_duration_s", None, positive=True, **limits.ROUND_DURATION_S)
         if f.get("round_duration_s", None) is not None else None,
-        check_every_steps=f.integer("check_every_steps", minimum=1)
+        check_every_steps=f.integer("check_every_steps", minimum=1, **limits.CHECK_EVERY_STEPS)
         if f.get("check_every_steps", None) is not None else None,
     )
     f.reject_unknown()

@@ -175,16 +175,24 @@ def parse_instance(data: Any, origin: str = "<instance>") -> Instance:
 
 
 def load_instance(path: str | Path) -> Instance:
-    """Read and validate an instance file."""
+    """Read and validate an instance file (a trusted one: ``tierflow plan`` reads the file through
+    its bounded reader and calls :func:`instance_from_text`)."""
     origin = str(path)
     try:
         text = Path(path).read_text()
-    except OSError as exc:
-        raise _fail(origin, "", f"cannot read the file: {exc.strerror}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail(origin, "", f"cannot read the file: {getattr(exc, 'strerror', None) or exc}") from exc
+    return instance_from_text(text, origin)
+
+
+def instance_from_text(text: str, origin: str) -> Instance:
+    """Parse and validate an instance's JSON text; ``origin`` names it in errors."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise _fail(origin, "", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        raise _fail(origin, "", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of 5,000 digits, nesting deeper than the stack
+        raise _fail(origin, "", f"not valid JSON: {type(exc).__name__}: {str(exc)[:80]}") from None
     return parse_instance(data, origin)
 
 

@@ -148,6 +148,8 @@ class LayerProfile:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ProfileError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        except (ValueError, RecursionError) as exc:  # an integer of 5,000 digits, nesting deeper than the stack
+            raise ProfileError(f"not valid JSON: {type(exc).__name__}: {str(exc)[:80]}") from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise ProfileError(f"format: expected {FORMAT!r} (a file written by tierflow), got "
                                f"{doc.get('format') if isinstance(doc, dict) else type(doc).__name__!r}")

@@ -16,9 +16,8 @@ B = EdgeSite("b", 1000, 0, 600)
 
 
 def walk(tmp_path, rows):
-    p = tmp_path / "t.csv"
-    p.write_text("time_s,device,x,y\n" + "".join(f"{t},{d},{x},{y}\n" for t, d, x, y in rows))
-    return TraceMobility.from_csv(p)
+    text = "time_s,device,x,y\n" + "".join(f"{t},{d},{x},{y}\n" for t, d, x, y in rows)
+    return TraceMobility.from_text(text, str(tmp_path / "t.csv"))
 
 
 def test_straight_walk_hands_over_at_the_hysteresis_point(tmp_path):

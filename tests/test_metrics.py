@@ -246,7 +246,7 @@ def test_out_of_order_events_do_not_move_clocks_backwards(exporter):
 
 
 def test_bad_address():
-    with pytest.raises(TierflowError, match="host:port"):
+    with pytest.raises(TierflowError, match="HOST:PORT"):
         MetricsExporter("localhost")
 
 

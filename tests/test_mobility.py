@@ -69,9 +69,7 @@ def test_random_waypoint_refuses_bad_parameters(kw):
 
 
 def _trace(tmp_path, text):
-    p = tmp_path / "trace.csv"
-    p.write_text(text)
-    return TraceMobility.from_csv(p)
+    return TraceMobility.from_text(text, str(tmp_path / "trace.csv"))
 
 
 def test_trace_interpolates_and_holds(tmp_path):

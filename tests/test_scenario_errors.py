@@ -41,6 +41,29 @@ EXPECTED = {
     "trace_without_file.yaml": "mobility.trace: missing (required)",
     "resource_trace_bad_line.yaml": "resources.trace: ",  # then the CSV, its line and field (below)
     "resource_walk_unknown_device.yaml": "resources.bandwidth_walk.devices: expected a list of device names",
+    # numbers the code cannot hold, or work without end: bounded, with the reason
+    "huge_seed.yaml": "training.seed: expected an integer <= 4,294,967,295 (a 32-bit seed",
+    "huge_local_steps.yaml": "training.local_steps: expected an integer <= 100,000 (every device trains",
+    "float_local_steps.yaml": "training.local_steps: expected an integer >= 1, got 1e+30",
+    "float_cloud_every.yaml": "aggregation.cloud_every: expected an integer >= 1, got 1e+30",
+    "huge_cloud_every.yaml": "aggregation.cloud_every: expected an integer <= 10,000 (every round runs",
+    "too_many_steps.yaml": "training.local_steps: expected rounds x aggregation.cloud_every x local_steps <= "
+                           "100,000,000 batches per device",
+    "nan_rounds.yaml": "training.rounds: expected an integer >= 1, got nan",
+    "huge_batch_size.yaml": "training.batch_size: expected an integer <= 65,536 (a batch and its activations",
+    "huge_device_hosts.yaml": "execution.device_hosts: expected an integer <= 1,024 (each host is a Ray actor",
+    "huge_step_timeout.yaml": "policy.step_timeout_s: expected a number <= 86400 (timeouts count whole milliseconds",
+    "tiny_migration_timeout.yaml": "policy.migration_timeout_s: expected a number >= 0.001 (timeouts count",
+    "huge_speed.yaml": "mobility.speed_mps: expected speeds <= 300 (m/s: faster than an airliner)",
+    "huge_position.yaml": "devices[0].position: expected a pair of numbers [x, y] within +-1e+08 (metres",
+    "huge_round_duration.yaml": "mobility.round_duration_s: expected a number <= 1e+06 (seconds of movement",
+    "tiny_area.yaml": "mobility.area_m: expected two sizes >= 1 m (the walk's legs need room)",
+    # every trace: one reader, one set of rules
+    "mobility_trace_random_bytes.yaml": "mobility.trace: ",  # then the file: expected UTF-8 text ... offset
+    "mobility_trace_dev_zero.yaml": "mobility.trace: /dev/zero: expected a regular file for the mobility trace",
+    "mobility_trace_unknown_device.yaml": "mobility_unknown_device.csv:3: device: expected a device of the "
+                                          "scenario (d0, d1), got 'd7'",
+    "resource_trace_dev_zero.yaml": "resources.trace: /dev/zero: expected a regular file for the resource trace",
 }
 
 
@@ -87,3 +110,24 @@ def test_rings_off_as_bare_yaml_is_off(tmp_path):
     text = (HERE / "good_scenario.yaml").read_text() + "\npolicy: {rings: off}\n"
     (tmp_path / "s.yaml").write_text(text)
     assert load_scenario(tmp_path / "s.yaml").policy.rings == "off"  # YAML 1.1 reads `off` as false
+
+
+def test_a_mobility_trace_of_random_bytes_names_the_byte_and_offset(capsys):
+    assert main(["run", str(BAD / "mobility_trace_random_bytes.yaml")]) == 2
+    assert "mobility_random_bytes.csv: expected UTF-8 text for the mobility trace, got byte 0x80 at offset 27" \
+        in capsys.readouterr().err
+
+
+def test_a_walk_area_the_edges_leave_empty_is_refused_before_start(tmp_path):
+    from tierflow.orchestrator.errors import TierflowError
+    from tierflow.orchestrator.mobility import build_mobility
+
+    text = (HERE / "good_scenario.yaml").read_text().replace("position: [0, 0], radius_m: 500",
+                                                             "position: [-600, -600], radius_m: 500")
+    text = text.replace("position: [10, 0]", "position: [-590, -600]").replace("position: [20, 0]",
+                                                                               "position: [-580, -600]")
+    path = tmp_path / "s.yaml"
+    path.write_text(text + "mobility: {model: random_waypoint}\n")
+    with pytest.raises(TierflowError, match=r"mobility\.area_m: expected two sizes >= 1 m; the box from \(0, 0\) "
+                                            r"the edges cover is -100 x -100 m"):
+        build_mobility(load_scenario(path))

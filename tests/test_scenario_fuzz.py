@@ -282,7 +282,7 @@ D1 = "{name: d1, position: [20, 0],"
 # Inputs that crashed or hung the loader before (found by the fuzzer above or while writing it),
 # with what the error must now say.
 HOSTILE = {
-    "not_utf8": (b"\x80", "expected UTF-8 text, got byte 0x80 at offset 0"),
+    "not_utf8": (b"\x80", "expected UTF-8 text for the scenario file, got byte 0x80 at offset 0"),
     "impossible_date": (_good_text("split: [pool1]", "split: [pool1]\nname: 2001-13-45"), "not valid YAML: ValueError"),
     "bad_timestamp_tag": ("a: !!timestamp x", "not valid YAML: AttributeError"),
     "deep_nesting": ("[" * 5000 + "]" * 5000, "not valid YAML: RecursionError"),
@@ -307,7 +307,7 @@ HOSTILE = {
     "nul_in_trace_path": (_good_text("split: [pool1]", 'split: [pool1]\nresources: {trace: "a\\0b.csv"}'),
                           "resources.trace: "),
     "trace_is_a_fifo": (_good_text("split: [pool1]", "split: [pool1]\nresources: {trace: fifo.csv}"),
-                        "fifo.csv: expected a resource trace file"),
+                        "fifo.csv: expected a regular file for the resource trace"),
 }
 
 
