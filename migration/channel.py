@@ -41,13 +41,9 @@ import numpy as np
 import zmq
 
 from tierflow.migration.errors import MigrationError, WireError
+from tierflow.migration.mac import ItemMac
 from tierflow.migration.refusals import RefusalCounter
 from tierflow.migration.wire import WireDecoder, encode_state
-
-try:
-    from cryptography.hazmat.primitives.poly1305 import Poly1305
-except ImportError:  # pragma: no cover - a declared dependency; say so plainly if it is missing
-    Poly1305 = None
 
 log = logging.getLogger(__name__)
 OnSession = Callable[[str, dict, dict[str, np.ndarray]], None]
@@ -77,30 +73,6 @@ def _check_key(key: bytes) -> bytes:
     return bytes(key)
 
 
-def _buffer(frame) -> memoryview:
-    return memoryview(getattr(frame, "buffer", frame)).cast("B")
-
-
-class _Mac:
-    """Poly1305 under a one-time key for (label, nonce) over tagged, length-prefixed items, then their count."""
-
-    def __init__(self, key: bytes, label: bytes, nonce: bytes):
-        if Poly1305 is None:
-            raise MigrationError("the migration channel needs the 'cryptography' package (pip install cryptography)")
-        self._mac = Poly1305(hmac.digest(key, label + nonce, "sha256"))
-        self._n = 0
-
-    def update(self, frame) -> None:
-        buf = _buffer(frame)
-        self._mac.update(b"\x01" + len(buf).to_bytes(8, "little"))
-        self._mac.update(buf)
-        self._n += 1
-
-    def tag(self) -> bytes:
-        self._mac.update(b"\x00" + self._n.to_bytes(8, "little"))
-        return self._mac.finalize()
-
-
 def _verdict_tag(key: bytes, nonce: bytes, verdict: bytes) -> bytes:
     return hmac.digest(key, _LABEL_VERDICT + nonce + verdict, "sha256")
 
@@ -118,7 +90,7 @@ class _Inbound:
     identity: bytes
     session_id: str
     decoder: WireDecoder
-    mac: _Mac
+    mac: ItemMac
     last_s: float
     error: str = ""  # the state did not decode; answered NACK once the transfer authenticates
 
@@ -222,7 +194,7 @@ class MigrationReceiver:
         if len(body) != 5 or len(body[2].bytes) != TAG_BYTES or len(body[3]) > MAX_HEAD_BYTES:
             self._remember_dropped(nonce)
             raise _Rejected("malformed BEGIN")
-        mac = _Mac(self._key, _LABEL_BEGIN, nonce)
+        mac = ItemMac(self._key, _LABEL_BEGIN, nonce)
         mac.update(body[3])
         mac.update(body[4])
         if not hmac.compare_digest(body[2].bytes, mac.tag()):
@@ -245,7 +217,7 @@ class MigrationReceiver:
         if len(self._inbound) >= MAX_INBOUND:
             raise _Rejected(f"session {session_id}: {MAX_INBOUND} transfers already in progress", "busy")
         self._remember(nonce, now)
-        body_mac = _Mac(self._key, _LABEL_BODY, nonce)
+        body_mac = ItemMac(self._key, _LABEL_BODY, nonce)
         body_mac.update(body[3])
         body_mac.update(body[4])
         inbound = _Inbound(identity, session_id, None, body_mac, time.monotonic())
@@ -321,7 +293,7 @@ def send_state(endpoint: str, key: bytes, session_id: str, meta: Mapping, arrays
         raise MigrationError(f"session {session_id}: cannot encode its state: {exc}") from exc
     nonce = secrets.token_bytes(NONCE_BYTES)
     head = json.dumps({"session": str(session_id), "t": time.time()}).encode()
-    begin, body = _Mac(key, _LABEL_BEGIN, nonce), _Mac(key, _LABEL_BODY, nonce)
+    begin, body = ItemMac(key, _LABEL_BEGIN, nonce), ItemMac(key, _LABEL_BODY, nonce)
     for item in (head, frames[0]):
         begin.update(item)
         body.update(item)

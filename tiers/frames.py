@@ -29,12 +29,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from tierflow.migration.mac import as_bytes, items_tag
 from tierflow.migration.wire import MAX_HEADER_BYTES
-
-try:
-    from cryptography.hazmat.primitives.poly1305 import Poly1305
-except ImportError:  # pragma: no cover - a declared dependency
-    Poly1305 = None
 
 MAGIC = b"tfd1"
 CHUNK_BYTES = 1 << 22  # 4 MiB: activations above this are sent in chunks (one copy on arrival)
@@ -62,26 +58,14 @@ def run_key(token: str | bytes) -> bytes:
     return key
 
 
-def _buffer(frame) -> memoryview:
-    return memoryview(getattr(frame, "buffer", frame)).cast("B")
-
-
 def _tag(key: bytes, label: bytes, head: bytes, frames) -> bytes:
-    if Poly1305 is None:
-        raise RuntimeError("the data plane needs the 'cryptography' package (pip install cryptography)")
-    mac = Poly1305(hmac.digest(key, label + head, "sha256"))
-    for frame in frames:
-        buf = _buffer(frame)
-        mac.update(b"\x01" + len(buf).to_bytes(8, "little"))
-        mac.update(buf)
-    mac.update(b"\x00" + len(frames).to_bytes(8, "little"))
-    return mac.finalize()
+    return items_tag(key, label, head, frames)
 
 
 def check_sizes(frames) -> None:
     """Refuse frames no tierflow peer sends (a larger one never gets this far: libzmq drops its peer)."""
     for i, frame in enumerate(frames):
-        n = len(_buffer(frame))
+        n = len(as_bytes(frame))
         if n > CHUNK_BYTES:
             raise FrameError(f"frame {i} of {n} bytes exceeds the {CHUNK_BYTES}-byte chunk size", "oversize")
 
@@ -113,11 +97,11 @@ class Sealer:
 
     def open_reply(self, head: bytes, frames: list) -> list:
         """The reply's wire frames if it answers ``head`` under the key; FrameError otherwise."""
-        if len(frames) < 4 or _buffer(frames[0]) != MAGIC:
+        if len(frames) < 4 or as_bytes(frames[0]) != MAGIC:
             raise FrameError("not an authenticated answer", "unauthenticated")
         check_sizes(frames[3:])
-        tag = bytes(_buffer(frames[2]))
-        if bytes(_buffer(frames[1])) != head or not hmac.compare_digest(
+        tag = bytes(as_bytes(frames[2]))
+        if bytes(as_bytes(frames[1])) != head or not hmac.compare_digest(
                 tag, _tag(self._key, _LABEL_REPLY, head, frames[3:])):
             raise FrameError("bad MAC on the answer: not from a holder of this run's token", "unauthenticated")
         return frames[3:]
@@ -133,13 +117,13 @@ class Opener:
 
     def open_request(self, frames: list) -> tuple[bytes, list]:
         """(head, wire frames) of an authentic, fresh request; FrameError otherwise."""
-        if len(frames) < 4 or _buffer(frames[0]) != MAGIC:
+        if len(frames) < 4 or as_bytes(frames[0]) != MAGIC:
             raise FrameError(f"{len(frames)} frames: not a data-plane request", "malformed")
-        head = bytes(_buffer(frames[1]))
-        if len(head) != HEAD.size or len(_buffer(frames[2])) != TAG_BYTES:
+        head = bytes(as_bytes(frames[1]))
+        if len(head) != HEAD.size or len(as_bytes(frames[2])) != TAG_BYTES:
             raise FrameError("malformed head or tag", "malformed")
         check_sizes(frames[3:])
-        if not hmac.compare_digest(bytes(_buffer(frames[2])), _tag(self._key, _LABEL_REQUEST, head, frames[3:])):
+        if not hmac.compare_digest(bytes(as_bytes(frames[2])), _tag(self._key, _LABEL_REQUEST, head, frames[3:])):
             raise FrameError("bad MAC: not this run's token, or an altered message", "unauthenticated")
         sender, counter, sent_s = HEAD.unpack(head)
         age = time.time() - sent_s
