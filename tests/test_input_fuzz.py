@@ -14,15 +14,14 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from deadline import no_hang
 from event_samples import sample_events
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -53,18 +52,6 @@ FUZZ = settings(max_examples=int(os.environ.get("TIERFLOW_FUZZ_EXAMPLES", 60)), 
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
-@contextmanager
-def no_hang(seconds: float = 10.0):
-    def alarm(signum, frame):
-        raise TimeoutError(f"a reader took over {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,12 @@ from __future__ import annotations
 import copy
 import math
 import os
-import signal
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import yaml
+from deadline import no_hang as hang_guard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -63,19 +62,8 @@ FUZZ = settings(max_examples=int(os.environ.get("TIERFLOW_FUZZ_EXAMPLES", 150)),
 HANG_S = 10.0
 
 
-@contextmanager
 def no_hang(seconds: float = HANG_S):
-    """A hung load fails the test (SIGALRM) instead of hanging the suite."""
-    def alarm(signum, frame):
-        raise TimeoutError(f"load_scenario took over {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    return hang_guard(seconds, "load_scenario")
 
 
 @pytest.fixture(scope="module")
