@@ -78,6 +78,7 @@ loads them, is not used for that reason).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -86,6 +87,7 @@ import numpy as np
 import ray
 
 from tierflow.orchestrator.clock import session_move_s, tier_speeds
+from tierflow.orchestrator.handover_policies import MoveResult
 from tierflow.orchestrator.rounds import RoundResult, add_compute
 from tierflow.placement.cost import PeriodCost
 from tierflow.placement.rings import form_rings
@@ -266,6 +268,35 @@ class _RingRun:
     @property
     def pending(self) -> bool:
         return not self.stopped and self.next_hop < self.ring.hops
+
+
+class _RingSessionMover:
+    """The handover policy's two moves for a ring's session, when the member training moved."""
+
+    def __init__(self, rings: RingRounds, orch: RoundHost, x: _RingRun, start):
+        self.rings, self.orch, self.x, self.start = rings, orch, x, start
+
+    def migrate_session(self, device_id: str, src: str, dst: str) -> MoveResult:
+        """The ring session follows its member (a failed move leaves it at src: the next pass moves it)."""
+        orch, x = self.orch, self.x
+        out = ray.get(self.rings._move(orch, x, dst))
+        if not out["ok"]:
+            return MoveResult(False, 0, out["duration_s"], 0.0, error=out["error"])
+        ray.get(orch.edges[src].close_session.remote(x.rid))
+        charged = self.rings.pass_s_between(orch, src, dst, x.ring.key)
+        x.at = dst
+        x.clock_s += charged
+        return MoveResult(True, out["bytes"], out["duration_s"], charged)
+
+    def restart_session(self, device_id: str, src: str, dst: str) -> MoveResult:
+        """The ring's work this round is lost; it starts over from the round's model at dst."""
+        orch, x = self.orch, self.x
+        t0 = time.perf_counter()
+        ray.get(self.rings._close_calls(orch, x))
+        x.at = dst
+        ray.get(self.rings._open_calls(orch, x, self.start))
+        x.carried, x.samples, x.dropped = None, 0, ""
+        return MoveResult(True, 0, time.perf_counter() - t0, 0.0, restarted=True)
 
 
 class RingRounds:
@@ -574,10 +605,7 @@ class RingRounds:
         moves = orch.detector.update(now_s, positions)
         for h in moves:
             d = h.device
-            orch.counters["handovers"] += 1
-            orch.log.emit({"event": "handover", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
-                           "device": d, "from_edge": h.from_edge, "to_edge": h.to_edge})
-            orch.edge_of[d] = h.to_edge
+            orch.note_handover(h)
             if h.to_edge is None:
                 continue  # out of coverage: it sits its turns out until an edge covers it again
             orch.session_at[d] = h.to_edge
@@ -589,31 +617,5 @@ class RingRounds:
 
     def _follow_active_member(self, orch: RoundHost, x: _RingRun, device: str, dst: str, start) -> None:
         src = x.at
-        if orch.scenario.policy.handover == "migrate":
-            out = ray.get(self._move(orch, x, dst))
-            charged = self.pass_s_between(orch, src, dst, x.ring.key) if out["ok"] else 0.0
-            orch.log.emit({"event": "migration", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
-                           "device": device, "ring": x.rid, "from_edge": src, "to_edge": dst, "policy": "migrate",
-                           "bytes": out["bytes"], "wall_duration_s": out["duration_s"], "ok": out["ok"],
-                           "charged_s": charged})
-            if not out["ok"]:  # the session stays at src; the next pass moves it on
-                orch.counters["failed_migrations"] += 1
-                orch.log.emit({"event": "failure", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
-                               "kind": "migration", "entity": dst, "detail": f"{x.rid}: {out['error']}"})
-                return
-            ray.get(orch.edges[src].close_session.remote(x.rid))
-            x.at = dst
-            x.clock_s += charged
-            orch.counters["migrations"] += 1
-            orch.counters["migration_bytes"] += out["bytes"]
-            orch.counters["migration_time_s"] += out["duration_s"]
-            return
-        # restart: the ring's work this round is lost; it starts over from the round's model at dst
-        ray.get(self._close_calls(orch, x))
-        x.at = dst
-        ray.get(self._open_calls(orch, x, start))
-        x.carried, x.samples, x.dropped = None, 0, ""
-        orch.counters["restarts"] += 1
-        orch.log.emit({"event": "migration", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
-                       "device": device, "ring": x.rid, "from_edge": src, "to_edge": dst, "policy": "restart",
-                       "bytes": 0, "wall_duration_s": 0.0, "ok": True, "charged_s": 0.0})
+        result = orch.handover.move(_RingSessionMover(self, orch, x, start), device, src, dst)
+        orch.note_move(device, src, dst, result, ring=x.rid)

@@ -16,6 +16,7 @@ from tierflow.migration.handover import HandoverDetector
 from tierflow.orchestrator.aggregation import AggregationPolicy
 from tierflow.orchestrator.clock import CostModel
 from tierflow.orchestrator.events import EventLog
+from tierflow.orchestrator.handover_policies import HandoverPolicy, MoveResult
 from tierflow.orchestrator.planning import DevicePlan
 from tierflow.orchestrator.resources import ResourceModel
 from tierflow.orchestrator.scenario import DeviceSpec, Scenario
@@ -59,6 +60,7 @@ class RoundHost(Protocol):
     log: EventLog
     mobility: Any
     detector: HandoverDetector
+    handover: HandoverPolicy
 
     # ----- what the loop does for a policy -----
     def available(self, device_id: str) -> bool: ...
@@ -82,6 +84,10 @@ class RoundHost(Protocol):
     def mobility_time(self, round_elapsed_s: float, period_progress: float) -> float: ...
 
     def fail_device(self, device_id: str, why: str) -> None: ...
+
+    def note_handover(self, h) -> None: ...
+
+    def note_move(self, device_id: str, src: str, dst: str, result: MoveResult, ring: str | None = None) -> None: ...
 
     def recover_hosts(self) -> None: ...
 

@@ -305,12 +305,36 @@ class Orchestrator:
         self.mobility_t = max(self.mobility_t, t)  # time never runs backwards, even after a long period
         return self.mobility_t
 
-    def on_handover(self, h, remaining: dict[str, int], dropped: set[str], extra_s: dict[str, float]) -> None:
-        d = h.device
+    def note_handover(self, h) -> None:
+        """A device changed edge (or left coverage): counted, logged, and where it is connected now."""
         self.counters["handovers"] += 1
         self.log.emit({"event": "handover", "round": self.round, "virtual_time_s": self.virtual_time_s,
-                       "device": d, "from_edge": h.from_edge, "to_edge": h.to_edge})
-        self.edge_of[d] = h.to_edge
+                       "device": h.device, "from_edge": h.from_edge, "to_edge": h.to_edge})
+        self.edge_of[h.device] = h.to_edge
+
+    def note_move(self, device_id: str, src: str, dst: str, result: MoveResult, ring: str | None = None) -> None:
+        """A session moved by the handover policy (a device's own, or ``ring``'s): event and counters."""
+        event = {"event": "migration", "round": self.round, "virtual_time_s": self.virtual_time_s,
+                 "device": device_id, "from_edge": src, "to_edge": dst, "policy": self.handover.name,
+                 "bytes": result.bytes_, "wall_duration_s": result.duration_s, "ok": result.ok,
+                 "charged_s": result.virtual_s}
+        if ring is not None:
+            event["ring"] = ring
+        self.log.emit(event)
+        if not result.ok:
+            self.counters["failed_migrations"] += 1
+            self.log.emit({"event": "failure", "round": self.round, "virtual_time_s": self.virtual_time_s,
+                           "kind": "migration", "entity": dst, "detail": f"{ring or device_id}: {result.error}"})
+        elif result.restarted:
+            self.counters["restarts"] += 1
+        else:
+            self.counters["migrations"] += 1
+            self.counters["migration_bytes"] += result.bytes_
+            self.counters["migration_time_s"] += result.duration_s
+
+    def on_handover(self, h, remaining: dict[str, int], dropped: set[str], extra_s: dict[str, float]) -> None:
+        d = h.device
+        self.note_handover(h)
         if h.to_edge is None:
             if self.scenario.policy.disconnected == "drop":
                 dropped.add(d)
@@ -322,23 +346,12 @@ class Orchestrator:
             self.session_at[d] = h.to_edge
             return
         result = self.handover.move(self, d, src, h.to_edge)
-        self.log.emit({"event": "migration", "round": self.round, "virtual_time_s": self.virtual_time_s,
-                       "device": d, "from_edge": src, "to_edge": h.to_edge, "policy": self.handover.name,
-                       "bytes": result.bytes_, "wall_duration_s": result.duration_s, "ok": result.ok,
-                       "charged_s": result.virtual_s})
+        self.note_move(d, src, h.to_edge, result)
         if result.ok:
             extra_s[d] = extra_s.get(d, 0.0) + result.virtual_s
             if result.restarted:
-                self.counters["restarts"] += 1
                 remaining[d] = self.scenario.training.local_steps
-            else:
-                self.counters["migrations"] += 1
-                self.counters["migration_bytes"] += result.bytes_
-                self.counters["migration_time_s"] += result.duration_s
             return
-        self.counters["failed_migrations"] += 1
-        self.log.emit({"event": "failure", "round": self.round, "virtual_time_s": self.virtual_time_s,
-                       "kind": "migration", "entity": h.to_edge, "detail": f"{d}: {result.error}"})
         self.drop_dead_edges(remaining)
         # The source still holds the session: the device keeps training there, and the detector
         # will hand it over again (a retry) if a live edge is still the better one.
