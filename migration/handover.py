@@ -28,6 +28,16 @@ class Handover:
     to_edge: str | None
 
 
+def covering_edges(edges: Sequence[EdgeSite], p: tuple[float, float]) -> list[tuple[float, str]]:
+    """(distance, name) of every edge covering ``p``, nearest first (ties by name)."""
+    return sorted((e.distance(p), e.name) for e in edges if e.distance(p) <= e.radius_m)
+
+
+def nearest_covering(edges: Sequence[EdgeSite], p: tuple[float, float]) -> str | None:
+    covering = covering_edges(edges, p)
+    return covering[0][1] if covering else None
+
+
 class HandoverDetector:
     """A device keeps its edge while that edge covers it, unless a covering edge is nearer by more
     than ``hysteresis_m``; out of its edge's coverage it goes to the nearest covering edge, or to
@@ -45,7 +55,7 @@ class HandoverDetector:
         self.current: dict[str, str | None] = {d: (e if e in names else None) for d, e in (initial or {}).items()}
 
     def choose(self, device: str, p: tuple[float, float]) -> str | None:
-        covering = sorted((e.distance(p), e.name) for e in self.edges if e.distance(p) <= e.radius_m)
+        covering = covering_edges(self.edges, p)
         if not covering:
             return None
         best_d, best = covering[0]

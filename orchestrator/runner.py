@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from tierflow.migration.handover import nearest_covering
 from tierflow.orchestrator.aggregation import AGGREGATIONS, restrict
 from tierflow.orchestrator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, scenario_fingerprint
 from tierflow.orchestrator.clock import build_cost_model, session_move_s, tier_speeds
@@ -26,7 +27,7 @@ from tierflow.orchestrator.cluster import ensure_ray
 from tierflow.orchestrator.errors import TierflowError
 from tierflow.orchestrator.events import EventLog
 from tierflow.orchestrator.handover_policies import HANDOVER_POLICIES, MoveResult
-from tierflow.orchestrator.mobility import build_detector, build_mobility
+from tierflow.orchestrator.mobility import build_detector, build_mobility, edge_sites
 from tierflow.orchestrator.model_files import write_final_model
 from tierflow.orchestrator.planning import DevicePlan, Observed, Planner, device_flops_per_step
 from tierflow.orchestrator.profiles import PROFILE_FILE, profile_digest, write_profile
@@ -581,9 +582,7 @@ class Orchestrator:
             if edge in alive:
                 continue
             here = self.mobility.positions(self.mobility_t)[d]
-            covering = sorted((self.detector_distance(e, here), e) for e in alive - {CLOUD_EDGE}
-                              if self.detector_distance(e, here) <= self.scenario.edge(e).radius_m)
-            new = covering[0][1] if covering else self.cloud_edge()
+            new = nearest_covering(edge_sites(self.scenario, alive - {CLOUD_EDGE}), here) or self.cloud_edge()
             self.session_at[d] = self.edge_of[d] = new
             if self.host_of[d] not in self.lost_hosts:
                 ray.get(self._open_device(d, self.splits[d], ray.put(self.last_pushed[d])))
@@ -609,10 +608,6 @@ class Orchestrator:
             self.receivers[CLOUD_EDGE] = ray.get(actor.start_migration_receiver.remote(self.migration_key, self.bind))
             self.edges[CLOUD_EDGE] = actor
         return CLOUD_EDGE
-
-    def detector_distance(self, edge: str, p: tuple[float, float]) -> float:
-        x, y = self.scenario.edge(edge).position
-        return ((x - p[0]) ** 2 + (y - p[1]) ** 2) ** 0.5
 
     def partial_sums(self, groups: dict[str, list[str]]) -> dict[str, WeightedSum]:
         calls = []
