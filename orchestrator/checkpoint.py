@@ -16,7 +16,6 @@ import json
 import os
 import zipfile
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -154,8 +153,3 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     return Checkpoint(doc["state"], global_model, devices, sessions)
 
 
-def exports_by_owner(exports: Mapping[str, Export], owner_of: Mapping[str, int]) -> dict[int, dict[str, Export]]:
-    out: dict[int, dict[str, Export]] = {}
-    for d, export in exports.items():
-        out.setdefault(owner_of[d], {})[d] = export
-    return out
