@@ -151,5 +151,3 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
                                 "lists; expected global/NAME, device/ID/NAME or session/ACTOR/ID/NAME of listed ids")
         owned[0][1][owned[1]] = value
     return Checkpoint(doc["state"], global_model, devices, sessions)
-
-
