@@ -148,9 +148,8 @@ def compare_over_seeds(reseed: Callable[[int], Scenario], seeds: Sequence[int], 
     """Every variant on each seed (``out/seed<s>/``, each with its own table), then one table and plot
     of means and min-max over the seeds in ``out``. One layer profile serves every run."""
     first = reseed(seeds[0])
-    ensure_ray(address)  # before any directory exists
-    out.mkdir(parents=True, exist_ok=True)
-    profile = layer_profile(first, out, profile_path)
+    # Loads the dataset (a failing one stops before Ray starts), connects, then creates ``out``.
+    profile = layer_profile(first, out, profile_path, before_mkdir=lambda: ensure_ray(address))
     by_seed: dict[int, list[Row]] = {}
     for k, seed in enumerate(seeds, 1):
         print(f"== seed {seed} ({k}/{len(seeds)})", flush=True)

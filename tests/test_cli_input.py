@@ -162,3 +162,12 @@ def test_metrics_addr_is_checked_before_the_run_directory_exists(tmp_path, addr,
             addr = f"127.0.0.1:{holder.getsockname()[1]}"
         proc = tierflow("run", str(good), "--out", str(out), "--metrics-addr", addr, cwd=tmp_path)
     assert_refused(proc, message, out=out)
+
+
+def test_compare_with_a_failing_user_dataset_leaves_no_directory(tmp_path):
+    text, module, fragments = CASES["dataset_with_empty_test_set"]
+    _user_module(tmp_path, module)
+    path = scenario(tmp_path, text)
+    out = tmp_path / "cmp"
+    proc = tierflow("compare", str(path), "--policies", "fixed", "--out", str(out), cwd=tmp_path, env_path=tmp_path)
+    assert_refused(proc, *fragments, out=out)
