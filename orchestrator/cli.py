@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from tierflow.orchestrator.cluster import check_address
 from tierflow.orchestrator.errors import TierflowError
 from tierflow.orchestrator.limits import ROUNDS
 from tierflow.orchestrator.validate import check_run_flags
@@ -42,6 +43,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise TierflowError("run: expected a scenario file, or --resume RUN_DIR")
     scenario = load_scenario(scenario_path)  # validated before Ray starts
     check_run_flags(None if args.resume else out, args.metrics_addr)  # before any directory or port is taken
+    if args.address:
+        check_address(args.address, "--address")  # checked here too: a process already connected skips it
     from tierflow.orchestrator.profiles import PROFILE_FILE
     from tierflow.orchestrator.runner import RunOptions, run_scenario
 
@@ -120,6 +123,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                             f"got {args.rounds}")
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.scenario).stem}-compare"
     check_run_flags(out, None)  # before its directory is created
+    if args.address:
+        check_address(args.address, "--address")
     if seeds is None:
         compare(scenario, names, out, address=args.address, rounds=args.rounds, profile_path=args.profile)
     else:
