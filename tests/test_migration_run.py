@@ -110,3 +110,17 @@ def test_restart_baseline_redoes_the_lost_work(unmoved, tmp_path):
     assert out["handovers"] == 1 and out["restarts"] == 1
     first_round = next(e for e in out["events"] if e["event"] == "round_end")
     assert first_round["samples"] > next(e for e in unmoved["events"] if e["event"] == "round_end")["samples"]
+
+
+def test_a_restarted_period_does_not_move_mobility_past_its_round(tmp_path):
+    """A restart makes d0's period longer; mobility (on a fixed time per round here) must stay inside
+    the round, or each restart would bring the next handovers (and restarts) forward."""
+    from tierflow.orchestrator.trajectories import TRAJECTORIES, load_trajectories
+
+    out = run(scenario(tmp_path, moving=True, handover="restart"), tmp_path / "out")
+    assert out["restarts"] == 1
+    frames = load_trajectories(tmp_path / "out" / TRAJECTORIES)
+    per_round = 100.0  # the scenario's mobility.round_duration_s
+    assert len(frames.times_s) > 3
+    for t, rnd in zip(frames.times_s, frames.rounds, strict=True):
+        assert t <= rnd * per_round + 1e-9, (t, rnd)
