@@ -20,6 +20,7 @@ from tierflow.orchestrator.handover_policies import HandoverPolicy, MoveResult
 from tierflow.orchestrator.planning import DevicePlan
 from tierflow.orchestrator.resources import ResourceModel
 from tierflow.orchestrator.scenario import DeviceSpec, Scenario
+from tierflow.orchestrator.trajectories import TrajectoryRecorder
 from tierflow.orchestrator.world import World
 from tierflow.placement.cost import Charge
 from tierflow.tiers.aggregate import WeightedSum
@@ -61,6 +62,7 @@ class RoundHost(Protocol):
     mobility: Any
     detector: HandoverDetector
     handover: HandoverPolicy
+    trajectories: TrajectoryRecorder  # where every device was at each mobility check (the city map)
 
     # ----- what the loop does for a policy -----
     def available(self, device_id: str) -> bool: ...
