@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -269,18 +269,22 @@ def _ttt_text(r: Row) -> str:
     return "not reached" if r.time_to_target_s is None else f"{r.time_to_target_s:.1f} s (round {r.target_round})"
 
 
-def layer_profile(scenario: Scenario, out: Path, profile_path: str | None,
-                  before_mkdir: Callable[[], object] = lambda: None) -> LayerProfile | None:
-    """One layer profile for every variant, so they differ by their policy alone; kept in
+def start_comparison(scenario: Scenario, out: Path, address: str | None, profile_path: str | None,
+                     profile: LayerProfile | None = None) -> LayerProfile | None:
+    """Ready ``out`` for a comparison, in an order that leaves nothing behind on failure: the dataset
+    and the layer profile (unless given), then Ray, then the directory. One profile serves every
+    variant, so they differ by their policy alone; a profile made here is kept in
     ``layer_profile.json`` beside the table (None when compute is priced by FLOP counts)."""
     from tierflow.orchestrator.clock import build_cost_model
     from tierflow.orchestrator.profiles import write_profile
     from tierflow.orchestrator.world import load_dataset
 
-    _, profile = build_cost_model(scenario, load_dataset(scenario).shape, profile_path=profile_path)
-    before_mkdir()  # e.g. connect to Ray: a refused connection leaves no directory either
-    out.mkdir(parents=True, exist_ok=True)  # only now: a dataset or profile that fails leaves no directory
-    if profile is not None:
+    made = profile is None
+    if made:
+        _, profile = build_cost_model(scenario, load_dataset(scenario).shape, profile_path=profile_path)
+    ensure_ray(address)
+    out.mkdir(parents=True, exist_ok=True)
+    if made and profile is not None:
         write_profile(out, profile)
     return profile
 
@@ -296,10 +300,7 @@ def compare(scenario: Scenario, names: Sequence[str], out: Path, address: str | 
         raise TierflowError(f"unknown variants {', '.join(unknown)}; expected some of {', '.join(VARIANTS)}")
     if rounds is not None:
         scenario = replace(scenario, training=replace(scenario.training, rounds=rounds))
-    if profile is None:  # loads the dataset: a failing one stops here, before Ray or a directory
-        profile = layer_profile(scenario, out, profile_path, before_mkdir=lambda: ensure_ray(address))
-    ensure_ray(address)  # before any directory exists (a no-op when Ray already runs)
-    out.mkdir(parents=True, exist_ok=True)
+    profile = start_comparison(scenario, out, address, profile_path, profile)
     derived: list[tuple[str, Scenario]] = []
     rows: list[Row] = []
     t_all = time.perf_counter()

@@ -12,8 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tierflow.orchestrator.cluster import ensure_ray
-from tierflow.orchestrator.compare import ALL_ROUNDS, Row, compare, layer_profile, summary_ratios
+from tierflow.orchestrator.compare import ALL_ROUNDS, Row, compare, start_comparison, summary_ratios
 from tierflow.orchestrator.scenario import Scenario
 
 BySeed = Mapping[int, Sequence[Row]]
@@ -148,8 +147,7 @@ def compare_over_seeds(reseed: Callable[[int], Scenario], seeds: Sequence[int], 
     """Every variant on each seed (``out/seed<s>/``, each with its own table), then one table and plot
     of means and min-max over the seeds in ``out``. One layer profile serves every run."""
     first = reseed(seeds[0])
-    # Loads the dataset (a failing one stops before Ray starts), connects, then creates ``out``.
-    profile = layer_profile(first, out, profile_path, before_mkdir=lambda: ensure_ray(address))
+    profile = start_comparison(first, out, address, profile_path)
     by_seed: dict[int, list[Row]] = {}
     for k, seed in enumerate(seeds, 1):
         print(f"== seed {seed} ({k}/{len(seeds)})", flush=True)
