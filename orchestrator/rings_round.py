@@ -270,6 +270,11 @@ class _RingRun:
         return not self.stopped and self.next_hop < self.ring.hops
 
 
+def _needs_pass(orch: RoundHost, x: _RingRun, member: str) -> bool:
+    """The ring has a server-side session and it is not on the member's edge: it must move there."""
+    return x.ring.key.n_tiers >= 2 and x.at != orch.session_at[member]
+
+
 class _RingSessionMover:
     """The handover policy's two moves for a ring's session, when the member training moved."""
 
@@ -478,10 +483,9 @@ class RingRounds:
         """The next hop's charge as things stand: the member's planned hop, and a pass when the
         ring session is not on the member's edge now (a handover may have moved either)."""
         hop_s = x.ring.hop_s[(x.ring.first + x.next_hop) % len(x.ring.members)]
-        dst = orch.session_at[member]
-        if x.ring.key.n_tiers < 2 or dst == x.at:
+        if not _needs_pass(orch, x, member):
             return hop_s
-        return hop_s + self.pass_s_between(orch, x.at, dst, x.ring.key)
+        return hop_s + self.pass_s_between(orch, x.at, orch.session_at[member], x.ring.key)
 
     # ----- ring sessions -----
     def _open_calls(self, orch: RoundHost, x: _RingRun, state_ref) -> list:
@@ -515,7 +519,7 @@ class RingRounds:
     def _pass_sessions(self, orch: RoundHost, turn: dict[str, _RingRun]) -> None:
         """Bring each ring's session to its next member's edge over the migration channel."""
         moves = [(m, x, x.at, orch.session_at[m]) for m, x in sorted(turn.items())
-                 if x.ring.key.n_tiers >= 2 and x.at != orch.session_at[m]]
+                 if _needs_pass(orch, x, m)]
         while moves:
             # No edge both sends and receives in one wave: an edge holds its lock while it sends.
             wave, senders, receivers, later = [], set(), set(), []
