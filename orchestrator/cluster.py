@@ -1,4 +1,4 @@
-"""Where a run's Ray lives: the one place tierflow decides it and calls ``ray.init``.
+"""Where a run's Ray lives: the one place tierflow decides it (the fleet's ``connect_ray`` connects).
 
 In order: ``--address``; else ``RAY_ADDRESS`` ("local" means a private instance); else a
 ``ray start`` cluster on this machine, found the way Ray's own tools find it (the address file
@@ -94,10 +94,11 @@ def ensure_ray(address: str | None) -> ClusterTarget:
     """Connect this process to Ray where ``choose_target`` says, print the choice as the first line
     on stderr, and turn every connection failure into a TierflowError. A process already connected
     (an embedding program, the test session) keeps its connection and prints nothing."""
-    import ray
+    from tierflow.orchestrator.fleet import connect_ray, connected_address
 
-    if ray.is_initialized():
-        return ClusterTarget(ray.get_runtime_context().gcs_address, "this process's existing connection")
+    existing = connected_address()
+    if existing is not None:
+        return ClusterTarget(existing, "this process's existing connection")
     target = choose_target(address)
     first = None
     if target.joins and not target.address.startswith("ray://"):
@@ -113,12 +114,8 @@ def ensure_ray(address: str | None) -> ClusterTarget:
             target = ClusterTarget(target.address, target.source, note)
     print(target.describe(), file=sys.stderr, flush=True)
     try:
-        if target.joins:
-            ray.init(address=target.address, logging_level="WARNING", log_to_driver=True)
-        else:
-            ray.init(address=LOCAL, num_cpus=os.cpu_count() or 2, include_dashboard=False,
-                     logging_level="WARNING", configure_logging=True)
-    except (ConnectionError, RuntimeError, ValueError, OSError, ray.exceptions.RayError) as exc:
+        connect_ray(target.address, None if target.joins else os.cpu_count() or 2)
+    except ConnectionError as exc:
         doing = f"join the Ray cluster at {target.address}" if target.joins else "start a local Ray instance"
         raise TierflowError(f"{where}: could not {doing}: {_first_line(exc)}") from exc
     return target

@@ -111,9 +111,7 @@ def prepare_auth(address: str, where: str, first: Probe | None = None) -> str | 
 def enable_token_mode() -> None:
     """Present the token for the rest of this process, as Ray does for a cluster it finds itself
     (Ray reads the mode from its config, which must be re-read after the variable changes)."""
+    from tierflow.orchestrator.fleet import reload_ray_config
+
     os.environ[AUTH_MODE_VAR] = "token"
-    try:
-        from ray._raylet import Config
-    except ImportError:
-        return
-    Config.initialize("")
+    reload_ray_config()

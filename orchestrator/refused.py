@@ -1,7 +1,7 @@
 """Messages the actors' zmq ports refused, brought to the orchestrator once a round.
 
 The metrics exporter lives in the orchestrator and reads events; the refusals happen in the edge
-and cloud actors' serving threads. Each round the orchestrator asks every such actor for its
+and cloud actors' serving threads. Each round the fleet asks every such actor for its
 cumulative counts and emits a ``refused`` event with what is new, only when something is, so a
 run nobody attacks logs nothing extra.
 """
@@ -40,25 +40,18 @@ def merge(total: Counts, more: Counts) -> Counts:
 
 
 class RefusalReporter:
-    """Asks the actors (Ray handles with ``refused_counts``) and emits the ``refused`` event."""
+    """Turns the servers' cumulative counts (asked by the fleet each round) into ``refused`` events."""
 
-    def __init__(self, timeout_s: float = 5.0) -> None:
+    timeout_s = 5.0  # how long the fleet waits for the servers' counts
+
+    def __init__(self) -> None:
         self.tally = RefusalTally()
-        self.timeout_s = timeout_s
 
-    def report(self, emit: Callable[[dict], None], rnd: int, virtual_time_s: float, actors: Mapping[str, object]
-               ) -> Counts:
-        import ray
-
-        refs = {actors[name].refused_counts.remote(): name for name in actors}
-        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self.timeout_s)
+    def report(self, emit: Callable[[dict], None], rnd: int, virtual_time_s: float,
+               counts_by_actor: Mapping[str, Mapping[str, Mapping[str, int]]]) -> Counts:
         total: Counts = {}
-        for ref in ready:
-            try:
-                counts = ray.get(ref)
-            except ray.exceptions.RayError:  # a dead edge: its failure is reported where it is found
-                continue
-            merge(total, self.tally.increments(refs[ref], counts))
+        for name, counts in counts_by_actor.items():
+            merge(total, self.tally.increments(name, counts))
         if total:
             emit({"event": "refused", "round": rnd, "virtual_time_s": virtual_time_s, "counts": total})
         return total

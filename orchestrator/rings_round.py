@@ -10,7 +10,7 @@ forming is a ``rings_formed`` event.
 
 One split per ring. Its members have similar capability, so the ring trains one split: under
 adaptive placement the plan of its slowest member (orchestrator/planning.py),
-under fixed placement its first member's fixed split. While rings are on, ``orch.splits[d]`` is the
+under fixed placement its first member's fixed split. While rings are on, ``ctx.state.splits[d]`` is the
 split d trains, its ring's (so events and the clock's byte counts are true).
 
 A hop. One member trains ``training.local_steps`` steps on its own data (its own BatchSampler)
@@ -71,7 +71,7 @@ side from the ring sessions); the global model is the ring models' average weigh
 each trained this round. A ring with a non-finite hop or a failed member is left out this round.
 The global model then goes to every device; ring sessions are closed and opened afresh next round,
 so they hold no state across rounds (momentum included: a ring's optimizer lives one round). The
-per-device server sessions the runner opens are closed: rings never use them (and orch.push, which
+per-device server sessions the runner opens are closed: rings never use them (and ctx.push, which
 loads them, is not used for that reason).
 """
 
@@ -81,22 +81,19 @@ import json
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
-import ray
 
 from tierflow.orchestrator.clock import session_move_s, tier_speeds
+from tierflow.orchestrator.fleet import CLOUD, CarriedStage, SessionMove, Shared, StageOpening
 from tierflow.orchestrator.handover_policies import MoveResult
+from tierflow.orchestrator.round_context import RoundContext
 from tierflow.orchestrator.rounds import RoundResult, add_compute
 from tierflow.placement.cost import PeriodCost
 from tierflow.placement.rings import form_rings
 from tierflow.tiers.aggregate import weighted_average
 from tierflow.tiers.hosts import TrainReport
 from tierflow.tiers.session import SplitKey
-
-if TYPE_CHECKING:
-    from tierflow.orchestrator.round_context import RoundHost
 
 
 # ----- the plan: pure data -----
@@ -256,7 +253,7 @@ class _RingRun:
     next_hop: int = 0
     trained_hops: int = 0
     samples: int = 0
-    carried: tuple | None = None  # object refs of the device-side stage export (meta, arrays) after the last hop
+    carried: CarriedStage | None = None  # the device-side stage as the last hop left it
     last_member: str | None = None  # who trained the last hop (predicted to end at pred_s)
     dropped: str = ""  # why the ring's update is left out of this round
     stopped: bool = False  # no more hops this round
@@ -270,36 +267,35 @@ class _RingRun:
         return not self.stopped and self.next_hop < self.ring.hops
 
 
-def _needs_pass(orch: RoundHost, x: _RingRun, member: str) -> bool:
+def _needs_pass(ctx: RoundContext, x: _RingRun, member: str) -> bool:
     """The ring has a server-side session and it is not on the member's edge: it must move there."""
-    return x.ring.key.n_tiers >= 2 and x.at != orch.session_at[member]
+    return x.ring.key.n_tiers >= 2 and x.at != ctx.state.session_at[member]
 
 
 class _RingSessionMover:
     """The handover policy's two moves for a ring's session, when the member training moved."""
 
-    def __init__(self, rings: RingRounds, orch: RoundHost, x: _RingRun, start):
-        self.rings, self.orch, self.x, self.start = rings, orch, x, start
+    def __init__(self, rings: RingRounds, ctx: RoundContext, x: _RingRun, start):
+        self.rings, self.ctx, self.x, self.start = rings, ctx, x, start
 
     def migrate_session(self, device_id: str, src: str, dst: str) -> MoveResult:
         """The ring session follows its member (a failed move leaves it at src: the next pass moves it)."""
-        orch, x = self.orch, self.x
-        out = ray.get(self.rings._move(orch, x, dst))
-        if not out["ok"]:
-            return MoveResult(False, 0, out["duration_s"], 0.0, error=out["error"])
-        ray.get(orch.edges[src].close_session.remote(x.rid))
-        charged = self.rings.pass_s_between(orch, src, dst, x.ring.key)
+        ctx, x = self.ctx, self.x
+        out = ctx.fleet.migrate(SessionMove(x.rid, src, dst))
+        if not out.ok:
+            return MoveResult(False, 0, out.duration_s, 0.0, error=out.error)
+        charged = self.rings.pass_s_between(ctx, src, dst, x.ring.key)
         x.at = dst
         x.clock_s += charged
-        return MoveResult(True, out["bytes"], out["duration_s"], charged)
+        return MoveResult(True, out.bytes_, out.duration_s, charged)
 
     def restart_session(self, device_id: str, src: str, dst: str) -> MoveResult:
         """The ring's work this round is lost; it starts over from the round's model at dst."""
-        orch, x = self.orch, self.x
+        ctx, x = self.ctx, self.x
         t0 = time.perf_counter()
-        ray.get(self.rings._close_calls(orch, x))
+        ctx.fleet.close_sessions(self.rings._sessions_of(x))
         x.at = dst
-        ray.get(self.rings._open_calls(orch, x, self.start))
+        ctx.fleet.open_sessions(self.rings._openings(x), self.start)
         x.carried, x.samples, x.dropped = None, 0, ""
         return MoveResult(True, 0, time.perf_counter() - t0, 0.0, restarted=True)
 
@@ -327,85 +323,85 @@ class RingRounds:
             for ms, tiers, n_tiers in formed)
 
     # ----- predictions (the planner's cost model) -----
-    def own_split(self, orch: RoundHost, device: str) -> SplitKey:
-        if orch.scenario.policy.placement == "adaptive":
-            return orch.plans[device].key
-        return orch.world.splits[device]
+    def own_split(self, ctx: RoundContext, device: str) -> SplitKey:
+        if ctx.placement.name == "adaptive":
+            return ctx.placement.own_split(device)
+        return ctx.world.splits[device]
 
-    def hop_cost(self, orch: RoundHost, device: str, key: SplitKey) -> PeriodCost:
+    def hop_cost(self, ctx: RoundContext, device: str, key: SplitKey) -> PeriodCost:
         """One hop as the clock will charge it: ``local_steps`` batches and the device-side stage in
         and out (one sync), at the resources of the round's start."""
-        sc = orch.scenario
-        edge = orch.session_at[device]
-        return orch.cost.period(key, sc.training.local_steps, orch.batch_of[device],
-                                tier_speeds(sc, orch.resources, device, edge, orch.virtual_time_s))
+        sc = ctx.scenario
+        edge = ctx.state.session_at[device]
+        return ctx.ops.cost.period(key, sc.training.local_steps, ctx.ops.batch_of[device],
+                                tier_speeds(sc, ctx.sim.resources, device, edge, ctx.sim.virtual_time_s))
 
-    def hop_s(self, orch: RoundHost, device: str, key: SplitKey) -> float:
-        return self.hop_cost(orch, device, key).total_s
+    def hop_s(self, ctx: RoundContext, device: str, key: SplitKey) -> float:
+        return self.hop_cost(ctx, device, key).total_s
 
-    def server_s(self, orch: RoundHost, device: str, key: SplitKey) -> tuple[float, float]:
-        cost = self.hop_cost(orch, device, key)
+    def server_s(self, ctx: RoundContext, device: str, key: SplitKey) -> tuple[float, float]:
+        cost = self.hop_cost(ctx, device, key)
         return cost.compute_s[1], cost.compute_s[2]
 
-    def pass_s(self, orch: RoundHost, src: str, dst: str, key: SplitKey) -> float:
+    def pass_s(self, ctx: RoundContext, src: str, dst: str, key: SplitKey) -> float:
         """The ring session (edge-side weights and optimizer state) from ``src``'s edge to ``dst``'s."""
-        a, b = orch.session_at[src], orch.session_at[dst]
-        return 0.0 if a == b or key.n_tiers == 1 else self.pass_s_between(orch, a, b, key)
+        a, b = ctx.state.session_at[src], ctx.state.session_at[dst]
+        return 0.0 if a == b or key.n_tiers == 1 else self.pass_s_between(ctx, a, b, key)
 
-    def pass_s_between(self, orch: RoundHost, src_edge: str, dst_edge: str, key: SplitKey) -> float:
-        return session_move_s(orch.scenario, src_edge, dst_edge,
-                              orch.cost.session_bytes(key, 1, orch.scenario.training.optimizer))
+    def pass_s_between(self, ctx: RoundContext, src_edge: str, dst_edge: str, key: SplitKey) -> float:
+        return session_move_s(ctx.scenario, src_edge, dst_edge,
+                              ctx.ops.cost.session_bytes(key, 1, ctx.scenario.training.optimizer))
 
-    def ring_split(self, orch: RoundHost, members: tuple[str, ...]) -> SplitKey:
+    def ring_split(self, ctx: RoundContext, members: tuple[str, ...]) -> SplitKey:
         """Fixed placement: the first member's split; adaptive: the plan of the slowest member."""
-        if orch.scenario.policy.placement != "adaptive":
-            return self.own_split(orch, members[0])
-        slowest = max(members, key=lambda d: (self.hop_s(orch, d, self.own_split(orch, d)), d))
-        return self.own_split(orch, slowest)
+        if ctx.placement.name != "adaptive":
+            return self.own_split(ctx, members[0])
+        slowest = max(members, key=lambda d: (self.hop_s(ctx, d, self.own_split(ctx, d)), d))
+        return self.own_split(ctx, slowest)
 
-    def plan(self, orch: RoundHost) -> RingRoundPlan:
-        sc = orch.scenario
-        devices = sorted(orch.devices)
-        edge_of = {d: (orch.session_at[d] if orch.available(d) else None) for d in devices}
-        own = {d: self.own_split(orch, d) for d in devices}
+    def plan(self, ctx: RoundContext) -> RingRoundPlan:
+        sc = ctx.scenario
+        devices = sorted(ctx.ops.devices)
+        edge_of = {d: (ctx.state.session_at[d] if ctx.ops.available(d) else None) for d in devices}
+        own = {d: self.own_split(ctx, d) for d in devices}
         # What the rings were formed from: a move or a new split forms them again.
-        signature = json.dumps({d: [orch.session_at[d], [list(t) for t in own[d].tiers]] for d in devices},
+        signature = json.dumps({d: [ctx.state.session_at[d], [list(t) for t in own[d].tiers]] for d in devices},
                                sort_keys=True)
         keep = self.formed if signature == self.signature else None
-        round_s = {d: sc.aggregation.cloud_every * self.hop_s(orch, d, own[d]) for d in devices}
+        round_s = {d: sc.aggregation.cloud_every * self.hop_s(ctx, d, own[d]) for d in devices}
         k = None if sc.policy.rings == "auto" else int(sc.policy.rings)
         plan = plan_ring_round(round_s, edge_of, k,
-                               lambda members: self.ring_split(orch, members),
-                               lambda d, key: self.hop_s(orch, d, key), formed=keep, taken=orch.devices,
-                               pass_time_s=lambda a, b, key: self.pass_s(orch, a, b, key),
+                               lambda members: self.ring_split(ctx, members),
+                               lambda d, key: self.hop_s(ctx, d, key), formed=keep, taken=ctx.ops.devices,
+                               pass_time_s=lambda a, b, key: self.pass_s(ctx, a, b, key),
                                firsts=self.firsts if keep is not None else None,
-                               server_time_s=lambda d, key: self.server_s(orch, d, key))
+                               server_time_s=lambda d, key: self.server_s(ctx, d, key))
         formed = tuple((r.members, r.key) for r in plan.rings)
         if plan.reformed:
-            orch.log.emit({"event": "rings_formed", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
+            ctx.events.emit({"event": "rings_formed", "round": ctx.round, "virtual_time_s": ctx.sim.virtual_time_s,
                            "rings": {r.ring_id: list(r.members) for r in plan.rings},
                            "splits": {r.ring_id: r.key.counts() for r in plan.rings},
                            "edges": {d: edge_of[d] for d in devices}, "left_out": list(plan.left_out)})
         for r in plan.rings:
             for m in r.members:
-                orch.splits[m] = r.key
+                ctx.state.splits[m] = r.key
         self.formed, self.signature = formed, signature
         self.firsts = [(r.first + r.hops) % len(r.members) for r in plan.rings]  # the next round goes on from there
         return plan
 
     # ----- one round -----
-    def run_round(self, orch: RoundHost) -> RoundResult:
-        sc = orch.scenario
-        orch.recover_hosts()
-        orch.period = 0
-        plan = self.plan(orch)
-        self._close_device_sessions(orch)
+    def run_round(self, ctx: RoundContext) -> RoundResult:
+        sc = ctx.scenario
+        ctx.ops.recover_hosts()
+        ctx.state.period = 0
+        plan = self.plan(ctx)
+        self._close_device_sessions(ctx)
         if not plan.rings:
             return RoundResult([], 0.0, 0.0, {})
-        predicted = plan.predicted_round_s({d: orch.session_at[d] for d in orch.devices})
-        start = ray.put(orch.global_state)
-        runs = {r.ring_id: _RingRun(r, orch.session_at[r.member(0)]) for r in plan.rings}
-        ray.get([c for x in runs.values() for c in self._open_calls(orch, x, start)])
+        predicted = plan.predicted_round_s({d: ctx.state.session_at[d] for d in ctx.ops.devices})
+        start = ctx.fleet.share(ctx.state.global_state)
+        runs = {r.ring_id: _RingRun(r, ctx.state.session_at[r.member(0)]) for r in plan.rings}
+        ctx.fleet.open_sessions([o for x in runs.values() for o in self._openings(x)], start)
         reports: list[TrainReport] = []
         busy: dict[str, float] = {}  # summed compute per edge (and the cloud) this round
         compute = (0.0, 0.0, 0.0)
@@ -413,7 +409,7 @@ class RingRounds:
             pending = [x for x in runs.values() if x.pending]
             if not pending:
                 break
-            self._check_handovers(orch, min(x.pred_s for x in pending), min(x.clock_s for x in pending),
+            self._check_handovers(ctx, min(x.pred_s for x in pending), min(x.clock_s for x in pending),
                                   plan, runs, start)
             pending = [x for x in runs.values() if x.pending]
             if not pending:
@@ -424,34 +420,33 @@ class RingRounds:
             for x in pending:
                 if x.pred_s < t0 + window:
                     member = x.ring.member(x.next_hop)
-                    if x.trained_hops and x.clock_s + self._hop_now_s(orch, x, member) > plan.interval_s * (1 + 1e-9):
+                    if x.trained_hops and x.clock_s + self._hop_now_s(ctx, x, member) > plan.interval_s * (1 + 1e-9):
                         x.stopped = True  # moves the plan did not foresee made its hops dearer: it ends in time
                         continue
                     x.pred_s += x.ring.cost_s(x.next_hop)  # the slot passes, used or not
                     x.next_hop += 1
-                    if orch.available(member):  # out of coverage or on a lost host: it sits its turn out
+                    if ctx.ops.available(member):  # out of coverage or on a lost host: it sits its turn out
                         turn[member] = x
-            self._pass_sessions(orch, turn)
+            self._pass_sessions(ctx, turn)
             if not turn:
                 continue
-            self._load_device_side(orch, turn, start)
-            done, failed = orch.train_segment({m: sc.training.local_steps for m in turn},
+            self._load_device_side(ctx, turn, start)
+            done, failed = ctx.ops.train_segment({m: sc.training.local_steps for m in turn},
                                               {m: x.rid for m, x in turn.items()})
             for m, why in sorted(failed.items()):
-                orch.fail_device(m, why)
+                ctx.ops.fail_device(m, why)
                 turn[m].dropped, turn[m].stopped = f"{m} failed: {why}", True
-            exports = {r.device_id: orch.hosts[orch.host_of[r.device_id]].export_stage.options(
-                num_returns=2).remote(r.device_id) for r in done}
-            healthy = orch.healthy(done)
+            exports = ctx.fleet.export_stages(r.device_id for r in done)
+            healthy = ctx.ops.healthy(done)
             for r in done:
                 x = turn[r.device_id]
                 reports.append(r)
                 if r.device_id not in healthy:
                     x.dropped = f"{r.device_id}: non-finite update"
-                x.carried = tuple(exports[r.device_id])
+                x.carried = exports[r.device_id]
                 x.samples += r.samples
                 x.trained_hops += 1
-                (charge,) = orch.charges([r], None, x.clock_s)
+                (charge,) = ctx.ops.charges([r], None, x.clock_s)
                 x.clock_s += charge.total_s
                 compute = add_compute(compute, [charge])
                 x.last_member = r.device_id
@@ -459,16 +454,16 @@ class RingRounds:
                     busy[r.edge] = busy.get(r.edge, 0.0) + charge.cost.compute_s[1]
                 busy["@cloud-tier"] = busy.get("@cloud-tier", 0.0) + charge.cost.compute_s[2]
             if failed:
-                orch.drop_dead_edges({})
+                ctx.ops.drop_dead_edges({})
         # The next round goes on from where each ring stopped (earlier than planned, if it ran out of time).
         self.firsts = [(x.ring.first + x.next_hop) % len(x.ring.members) for x in runs.values()]
-        models = self._ring_models(orch, runs)
-        ray.get([c for x in runs.values() for c in self._close_calls(orch, x)])
+        models = self._ring_models(ctx, runs)
+        ctx.fleet.close_sessions([pair for x in runs.values() for pair in self._sessions_of(x)])
         if models:
-            orch.global_state = ring_average(models)
-        self._push(orch, orch.global_state)
+            ctx.state.global_state = ring_average(models)
+        self._push(ctx, ctx.state.global_state)
         virtual = max([*(x.clock_s for x in runs.values()), *busy.values(), 0.0])
-        orch.log.emit({"event": "ring_round", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
+        ctx.events.emit({"event": "ring_round", "round": ctx.round, "virtual_time_s": ctx.sim.virtual_time_s,
                        "interval_s": plan.interval_s, "hops": {x.rid: x.ring.hops for x in runs.values()},
                        "first": {x.rid: x.ring.member(0) for x in runs.values()},
                        "trained_hops": {x.rid: x.trained_hops for x in runs.values()},
@@ -479,47 +474,37 @@ class RingRounds:
                        "left_out": list(plan.left_out)})
         return RoundResult(reports, virtual, predicted, {r.ring_id: list(r.members) for r in plan.rings}, compute)
 
-    def _hop_now_s(self, orch: RoundHost, x: _RingRun, member: str) -> float:
+    def _hop_now_s(self, ctx: RoundContext, x: _RingRun, member: str) -> float:
         """The next hop's charge as things stand: the member's planned hop, and a pass when the
         ring session is not on the member's edge now (a handover may have moved either)."""
         hop_s = x.ring.hop_s[(x.ring.first + x.next_hop) % len(x.ring.members)]
-        if not _needs_pass(orch, x, member):
+        if not _needs_pass(ctx, x, member):
             return hop_s
-        return hop_s + self.pass_s_between(orch, x.at, orch.session_at[member], x.ring.key)
+        return hop_s + self.pass_s_between(ctx, x.at, ctx.state.session_at[member], x.ring.key)
 
     # ----- ring sessions -----
-    def _open_calls(self, orch: RoundHost, x: _RingRun, state_ref) -> list:
-        calls = []
+    def _openings(self, x: _RingRun) -> list[StageOpening]:
+        """The ring's server-side sessions, where it trains now."""
+        return [StageOpening(x.rid, x.ring.key, x.at, 1.0)]
+
+    def _sessions_of(self, x: _RingRun) -> list[tuple[str, str]]:
+        pairs = []
         if x.ring.key.n_tiers >= 2:
-            calls.append(orch.edges[x.at].open_session.remote(x.rid, x.ring.key, state_ref, 1.0))
+            pairs.append((x.at, x.rid))
         if x.ring.key.n_tiers == 3:
-            calls.append(orch.cloud.open_session.remote(x.rid, x.ring.key, state_ref, 1.0))
-        return calls
+            pairs.append((CLOUD, x.rid))
+        return pairs
 
-    def _close_calls(self, orch: RoundHost, x: _RingRun, cloud: bool = True) -> list:
-        calls = []
-        if x.ring.key.n_tiers >= 2 and x.at in orch.edges:
-            calls.append(orch.edges[x.at].close_session.remote(x.rid))
-        if cloud and x.ring.key.n_tiers == 3:
-            calls.append(orch.cloud.close_session.remote(x.rid))
-        return calls
-
-    def _close_device_sessions(self, orch: RoundHost) -> None:
+    def _close_device_sessions(self, ctx: RoundContext) -> None:
         """Rings train against ring sessions only; per-device server sessions would sit stale (and be
         written into every checkpoint)."""
-        servers = [*orch.edges.values(), orch.cloud]
-        held = ray.get([s.session_ids.remote() for s in servers])
-        ray.get([s.close_session.remote(sid) for s, ids in zip(servers, held, strict=True)
-                 for sid in ids if sid in orch.devices])
+        ctx.fleet.close_sessions([(server, sid) for server, ids in ctx.fleet.session_ids().items()
+                                  for sid in ids if sid in ctx.ops.devices])
 
-    def _move(self, orch: RoundHost, x: _RingRun, dst: str):
-        return orch.edges[x.at].migrate_out.remote(x.rid, orch.receivers[dst], orch.migration_key,
-                                                   orch.scenario.policy.migration_timeout_s)
-
-    def _pass_sessions(self, orch: RoundHost, turn: dict[str, _RingRun]) -> None:
+    def _pass_sessions(self, ctx: RoundContext, turn: dict[str, _RingRun]) -> None:
         """Bring each ring's session to its next member's edge over the migration channel."""
-        moves = [(m, x, x.at, orch.session_at[m]) for m, x in sorted(turn.items())
-                 if _needs_pass(orch, x, m)]
+        moves = [(m, x, x.at, ctx.state.session_at[m]) for m, x in sorted(turn.items())
+                 if _needs_pass(ctx, x, m)]
         while moves:
             # No edge both sends and receives in one wave: an edge holds its lock while it sends.
             wave, senders, receivers, later = [], set(), set(), []
@@ -531,95 +516,73 @@ class RingRounds:
                     wave.append(mv)
                     senders.add(src)
                     receivers.add(dst)
-            outs = ray.get([self._move(orch, x, dst) for _, x, _, dst in wave])
-            closes = []
+            outs = ctx.fleet.migrate_many([SessionMove(x.rid, src, dst) for _, x, src, dst in wave])
             for (m, x, src, dst), out in zip(wave, outs, strict=True):
-                charged = self.pass_s_between(orch, src, dst, x.ring.key) if out["ok"] else 0.0
-                orch.log.emit({"event": "ring_pass", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
-                               "ring": x.rid, "device": m, "from_edge": src, "to_edge": dst, "bytes": out["bytes"],
-                               "wall_duration_s": out["duration_s"], "ok": out["ok"], "charged_s": charged})
-                if not out["ok"]:
-                    orch.log.emit({"event": "failure", "round": orch.round, "virtual_time_s": orch.virtual_time_s,
-                                   "kind": "ring_pass", "entity": dst, "detail": f"{x.rid}: {out['error']}"})
+                charged = self.pass_s_between(ctx, src, dst, x.ring.key) if out.ok else 0.0
+                ctx.events.emit({"event": "ring_pass", "round": ctx.round, "virtual_time_s": ctx.sim.virtual_time_s,
+                               "ring": x.rid, "device": m, "from_edge": src, "to_edge": dst, "bytes": out.bytes_,
+                               "wall_duration_s": out.duration_s, "ok": out.ok, "charged_s": charged})
+                if not out.ok:
+                    ctx.events.emit({"event": "failure", "round": ctx.round, "virtual_time_s": ctx.sim.virtual_time_s,
+                                   "kind": "ring_pass", "entity": dst, "detail": f"{x.rid}: {out.error}"})
                     x.stopped = True  # its session is intact at src: the ring's work so far counts
                     del turn[m]
                     continue
-                closes.append(orch.edges[src].close_session.remote(x.rid))
                 x.at = dst
                 x.clock_s += charged
-                orch.counters["ring_passes"] = orch.counters.get("ring_passes", 0) + 1
-                orch.counters["ring_pass_bytes"] = orch.counters.get("ring_pass_bytes", 0) + out["bytes"]
-                orch.counters["ring_pass_time_s"] = orch.counters.get("ring_pass_time_s", 0.0) + out["duration_s"]
-            ray.get(closes)
+                counters = ctx.state.counters
+                counters.ring_passes += 1
+                counters.ring_pass_bytes += out.bytes_
+                counters.ring_pass_time_s += out.duration_s
             moves = later
 
-    def _load_device_side(self, orch: RoundHost, turn: dict[str, _RingRun], start) -> None:
-        calls = []
-        for m, x in turn.items():
-            host = orch.hosts[orch.host_of[m]]
-            if x.carried is None:  # the ring's first hop (or first after a restart): the round's model
-                calls.append(host.configure.remote(m, x.ring.key, start, True))
-            else:
-                calls.append(host.import_stage.remote(m, *x.carried))
-        ray.get(calls)
+    def _load_device_side(self, ctx: RoundContext, turn: dict[str, _RingRun], start: Shared) -> None:
+        """Each member about to train takes the stage the ring's last hop left, or (the ring's first
+        hop, or first after a restart) the round's model with a fresh optimizer."""
+        fresh = [StageOpening(m, x.ring.key, None, 1.0) for m, x in turn.items() if x.carried is None]
+        carried = {m: x.carried for m, x in turn.items() if x.carried is not None}
+        ctx.fleet.load_stages(fresh, start, carried)
 
-    def _ring_models(self, orch: RoundHost, runs: dict[str, _RingRun]) -> list[tuple[dict, float]]:
+    def _ring_models(self, ctx: RoundContext, runs: dict[str, _RingRun]) -> list[tuple[dict, float]]:
         kept = [x for x in runs.values() if not x.dropped and x.carried is not None and x.samples > 0]
-        refs = []
-        for x in kept:
-            parts = [x.carried[1]]
-            if x.ring.key.n_tiers >= 2:
-                parts.append(orch.edges[x.at].session_state.remote(x.rid))
-            if x.ring.key.n_tiers == 3:
-                parts.append(orch.cloud.session_state.remote(x.rid))
-            refs.append(parts)
-        got = ray.get([r for parts in refs for r in parts])
-        models, i = [], 0
-        for x, parts in zip(kept, refs, strict=True):
-            device_side, *servers = got[i:i + len(parts)]
-            i += len(parts)
+        stages, sessions = ctx.fleet.fetch([x.carried for x in kept], [p for x in kept for p in self._sessions_of(x)])
+        models, held = [], iter(sessions)
+        for x, device_side in zip(kept, stages, strict=True):
             model = {k.removeprefix("state/"): v for k, v in device_side.items() if k.startswith("state/")}
-            for part in servers:
-                model.update(part)
-            assert set(model) == set(orch.global_state), "a ring's parts must make up the whole model"
+            for _ in self._sessions_of(x):
+                model.update(next(held))
+            assert set(model) == set(ctx.state.global_state), "a ring's parts must make up the whole model"
             models.append((model, float(x.samples)))
         return models
 
-    def _push(self, orch: RoundHost, state: dict[str, np.ndarray]) -> None:
+    def _push(self, ctx: RoundContext, state: dict[str, np.ndarray]) -> None:
         """Every device's stage gets the new global model (ring sessions are opened afresh next round)."""
-        ref = ray.put(state)
-        for d in orch.devices:
-            orch.last_pushed[d] = state
-        calls = []
-        for h, host in enumerate(orch.hosts):
-            mine = [d for d in sorted(orch.devices) if orch.host_of[d] == h]
-            if mine and h not in orch.lost_hosts:
-                calls.append(host.load_weights.remote(mine, ref))
-        ray.get(calls)
+        for d in ctx.ops.devices:
+            ctx.state.last_pushed[d] = state
+        ctx.fleet.load_weights(state, sorted(ctx.ops.devices))
 
     # ----- mobility -----
-    def _check_handovers(self, orch: RoundHost, t_s: float, measured_s: float, plan: RingRoundPlan,
+    def _check_handovers(self, ctx: RoundContext, t_s: float, measured_s: float, plan: RingRoundPlan,
                          runs: dict[str, _RingRun], start) -> None:
         """Handovers up to ``t_s`` (predicted; ``measured_s`` as charged) into the round; a ring whose
         active member moved follows it (``migrate``) or starts its round over at the new edge (``restart``)."""
-        sc = orch.scenario
+        sc = ctx.scenario
         progress = sc.aggregation.cloud_every * min(1.0, t_s / plan.interval_s) if plan.interval_s > 0 else 0.0
-        now_s = orch.mobility_time(measured_s, progress)
-        positions = orch.mobility.positions(now_s)
-        moves = orch.detector.update(now_s, positions)
+        now_s = ctx.sim.mobility_time(ctx.round, ctx.state.period, measured_s, progress)
+        moves = ctx.sim.sense(now_s)
         for h in moves:
             d = h.device
-            orch.note_handover(h)
+            ctx.ops.note_handover(h)
             if h.to_edge is None:
                 continue  # out of coverage: it sits its turns out until an edge covers it again
-            orch.session_at[d] = h.to_edge
+            ctx.state.session_at[d] = h.to_edge
             for x in runs.values():
                 if (x.last_member == d and x.pred_s >= t_s and not x.stopped and x.ring.key.n_tiers >= 2
-                        and x.at != h.to_edge and x.at in orch.edges):
-                    self._follow_active_member(orch, x, d, h.to_edge, start)
-        orch.trajectories.record(orch.round, now_s, positions, orch.edge_of, moves)
+                        and x.at != h.to_edge and x.at in ctx.fleet.edges):
+                    self._follow_active_member(ctx, x, d, h.to_edge, start)
+        ctx.sim.record(ctx.round, now_s, moves)
 
-    def _follow_active_member(self, orch: RoundHost, x: _RingRun, device: str, dst: str, start) -> None:
+    def _follow_active_member(self, ctx: RoundContext, x: _RingRun, device: str, dst: str, start) -> None:
         src = x.at
-        result = orch.handover.move(_RingSessionMover(self, orch, x, start), device, src, dst)
-        orch.note_move(device, src, dst, result, ring=x.rid)
+        result = ctx.ops.handover.move(_RingSessionMover(self, ctx, x, start), device, src, dst)
+        ctx.ops.note_move(device, src, dst, result, ring=x.rid)

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from tierflow.orchestrator.round_context import RoundContext
 from tierflow.placement.cost import Charge, makespan_s
 from tierflow.tiers.hosts import TrainReport
-
-if TYPE_CHECKING:
-    from tierflow.orchestrator.round_context import RoundHost
 
 
 @dataclass(frozen=True)
@@ -30,8 +28,8 @@ class RoundResult:
 class RoundPolicy(Protocol):
     name: str
 
-    def run_round(self, orch: RoundHost) -> RoundResult:
-        """Train and aggregate one round; leave the new global model in ``orch.global_state``."""
+    def run_round(self, ctx: RoundContext) -> RoundResult:
+        """Train and aggregate one round; leave the new global model in ``ctx.state.global_state``."""
 
     def export_state(self) -> dict:
         """What the policy carries from round to round, as JSON (for checkpoints)."""
@@ -52,29 +50,29 @@ class SyncRounds:
     def import_state(self, state: dict) -> None:
         pass
 
-    def run_round(self, orch: RoundHost) -> RoundResult:
-        sc = orch.scenario
+    def run_round(self, ctx: RoundContext) -> RoundResult:
+        sc, ops, state = ctx.scenario, ctx.ops, ctx.state
         reports: list[TrainReport] = []
         virtual_round = predicted = 0.0
         compute = (0.0, 0.0, 0.0)
-        first, later = orch.predicted_period_s(), orch.predicted_period_s(with_pending=False)
+        first, later = ops.predicted_period_s(), ops.predicted_period_s(with_pending=False)
         for period in range(sc.aggregation.cloud_every):
             predicted += first if period == 0 else later
-            orch.period = period
-            period_reports, extra_s = orch.run_period(virtual_round)
+            state.period = period
+            period_reports, extra_s = ops.run_period(virtual_round)
             reports.extend(period_reports)
-            charges = orch.charges(period_reports, extra_s, virtual_round)
+            charges = ops.charges(period_reports, extra_s, virtual_round)
             virtual_round += makespan_s(charges)
             compute = add_compute(compute, charges)
-            healthy = orch.healthy(period_reports)
-            groups = orch.aggregation.groups({d: e for d, e in orch.session_at.items() if d in healthy})
-            sums = orch.partial_sums(groups)
+            healthy = ops.healthy(period_reports)
+            groups = ctx.aggregation.groups({d: e for d, e in state.session_at.items() if d in healthy})
+            sums = ops.partial_sums(groups)
             if period < sc.aggregation.cloud_every - 1:
-                for edge, state in orch.aggregation.edge_models(sums).items():
-                    orch.push(state, groups[edge])
+                for edge, model in ctx.aggregation.edge_models(sums).items():
+                    ops.push(model, groups[edge])
             else:
-                orch.global_state = orch.aggregation.global_model(sums)
-                orch.push(orch.global_state, sorted(orch.edge_of))
+                state.global_state = ctx.aggregation.global_model(sums)
+                ops.push(state.global_state, sorted(ctx.sim.edge_of))
         return RoundResult(reports, virtual_round, predicted, compute_s=compute)
 
 

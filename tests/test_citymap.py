@@ -341,7 +341,7 @@ def test_a_real_run_records_its_city_and_a_resume_keeps_it(ray_session, tmp_path
     orch = Orchestrator(scenario, RunOptions(out_dir=cut, progress=False, event_sinks=(crash,)))
     with pytest.raises(Crash):
         orch.run()
-    orch.stop_actors()
+    orch.fleet.stop()
     assert load_trajectories(cut / TRAJECTORIES).rounds.max() == 2
     run_scenario(scenario, RunOptions(out_dir=cut, progress=False, resume=True))
     resumed = load_trajectories(cut / TRAJECTORIES)

@@ -344,14 +344,14 @@ def test_bad_metrics_addresses_are_refused_with_a_clear_error(addr):
 # ----- end to end: actor ports -> orchestrator -> /metrics -----
 
 class HostileAfterStart:
-    """Sends hostile messages to the live actors' ports once they serve, then lets the run go on."""
+    """A fleet that sends hostile messages to its actors' ports once they serve, then lets the run go on."""
 
     DATAPLANE, MIGRATION = 7, 3
 
-    def start_actors(self):
+    def start(self, setups):
         import ray
 
-        super().start_actors()
+        super().start(setups)
         for _ in range(self.DATAPLANE):
             raw_request(self.endpoints["e0"], [b"\xffgarbage", b"x"])
         sock = zmq.Context.instance().socket(zmq.DEALER)
@@ -371,13 +371,14 @@ def test_refused_messages_reach_the_orchestrators_metrics(ray_session, tmp_path)
 
     from test_migration_run import scenario
 
+    from tierflow.orchestrator.fleet import Fleet
     from tierflow.orchestrator.runner import Orchestrator, RunOptions
 
-    cls = type("HostileRun", (HostileAfterStart, Orchestrator), {})
+    hostile = type("HostileFleet", (HostileAfterStart, Fleet), {})
     exporter = MetricsExporter("127.0.0.1:0").start()
     try:
-        cls(scenario(tmp_path, moving=False), RunOptions(out_dir=tmp_path / "out", progress=False,
-                                                         event_sinks=(exporter.observe,))).run()
+        Orchestrator(scenario(tmp_path, moving=False), RunOptions(out_dir=tmp_path / "out", progress=False,
+                                                                  event_sinks=(exporter.observe,)), hostile).run()
         text = urllib.request.urlopen(exporter.url, timeout=5).read().decode()
     finally:
         exporter.stop()

@@ -109,6 +109,7 @@ def test_adaptive_placement_is_charged_no_more_than_any_fixed_split(ray_session,
     at most what every uniform fixed split would be charged (the clock's own function, which the
     predicted == charged tests tie to real runs; the best fixed split is also run for real)."""
     from tierflow.orchestrator.runner import Orchestrator
+    from tierflow.tiers.session import StageFactory
 
     doc = yaml.safe_load(CITY.read_text())
     doc.pop("resources")
@@ -124,9 +125,9 @@ def test_adaptive_placement_is_charged_no_more_than_any_fixed_split(ray_session,
     probe = Orchestrator(sc, RunOptions(out_dir=tmp_path / "probe", progress=False))
     periods = sc.aggregation.cloud_every
     fixed = {}
-    for key in _uniform_keys(probe.factory):
-        probe.splits = dict.fromkeys(probe.devices, key)
-        fixed[key] = sum(probe.predicted_period_s() for _ in range(periods))
+    for key in _uniform_keys(StageFactory(sc.model.name, probe.world.dataset.shape)):
+        probe.state.splits = dict.fromkeys(probe.ops.devices, key)
+        fixed[key] = sum(probe.ops.predicted_period_s() for _ in range(periods))
     best_key = min(fixed, key=fixed.get)
     for c in charged:
         assert c <= min(fixed.values()) * (1 + 1e-9), (c, min(fixed.values()))

@@ -11,6 +11,7 @@ import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
+from tierflow.orchestrator.fleet import Fleet
 from tierflow.orchestrator.metrics import MetricsExporter
 from tierflow.orchestrator.runner import Orchestrator, RunOptions
 from tierflow.orchestrator.scenario import load_scenario
@@ -23,20 +24,28 @@ def events(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
 
 
-class KillDuringRound(Orchestrator):
-    """Kills an actor a moment after the first training segment of ``round_`` has been sent."""
+class KillDuringRound(Fleet):
+    """A fleet that kills one of its actors a moment after the first training segment of a round
+    has been sent (``arm`` says which round, which actor, and whether Ray may restart it)."""
 
-    def __init__(self, scenario, options, round_: int, pick, restart: bool, delay_s: float = 0.05):
-        super().__init__(scenario, options)
-        self.kill_round, self.pick, self.restart, self.delay_s = round_, pick, restart, delay_s
-        self.killed: str | None = None
+    killed: str | None = None
 
-    def train_segment(self, steps):
-        if self.round == self.kill_round and self.killed is None:
+    def arm(self, round_now, round_: int, pick, restart: bool, delay_s: float = 0.05) -> None:
+        self.round_now, self.kill_round, self.pick = round_now, round_, pick
+        self.restart, self.delay_s = restart, delay_s
+
+    def train(self, jobs):
+        if self.round_now() == self.kill_round and self.killed is None:
             name, actor = self.pick(self)
             self.killed = name
             threading.Timer(self.delay_s, lambda: ray.kill(actor, no_restart=not self.restart)).start()
-        return super().train_segment(steps)
+        return super().train(jobs)
+
+
+def killing_run(scenario, options, **arm) -> Orchestrator:
+    orch = Orchestrator(scenario, options, fleet_class=KillDuringRound)
+    orch.fleet.arm(lambda: orch.state.round, **arm)
+    return orch
 
 
 def test_device_host_killed_mid_round_is_a_failure_and_rejoins(ray_session, tmp_path):
@@ -44,15 +53,15 @@ def test_device_host_killed_mid_round_is_a_failure_and_rejoins(ray_session, tmp_
     exporter = MetricsExporter("127.0.0.1:0", strict=True).start()
     out = tmp_path / "run"
     try:
-        orch = KillDuringRound(scenario, RunOptions(out_dir=out, progress=False, event_sinks=(exporter.observe,)),
-                               round_=3, pick=lambda o: ("host1", o.hosts[1]), restart=True)
+        orch = killing_run(scenario, RunOptions(out_dir=out, progress=False, event_sinks=(exporter.observe,)),
+                           round_=3, pick=lambda f: ("host1", f.hosts[1]), restart=True)
         summary = orch.run()
         with urllib.request.urlopen(exporter.url, timeout=5) as resp:
             text = resp.read().decode()
     finally:
         exporter.stop()
     log = events(out)
-    lost = {d for d, h in orch.host_of.items() if h == 1}
+    lost = {d for d, h in orch.fleet.host_of.items() if h == 1}
     failures = [e for e in log if e["event"] == "failure" and e["kind"] == "device"]
     assert failures and {e["entity"] for e in failures} <= lost and all(e["round"] == 3 for e in failures)
     rounds = [e for e in log if e["event"] == "round_end"]
@@ -75,8 +84,8 @@ def test_edge_killed_mid_round_rehomes_its_devices_and_loses_no_round(ray_sessio
     # A dead edge is noticed when a step to it goes unanswered: keep that short in a test.
     scenario = replace(scenario, policy=replace(scenario.policy, step_timeout_s=2.0))
     out = tmp_path / "run"
-    orch = KillDuringRound(scenario, RunOptions(out_dir=out, progress=False), round_=2,
-                           pick=lambda o: ("edge-a", o.edges["edge-a"]), restart=False)
+    orch = killing_run(scenario, RunOptions(out_dir=out, progress=False), round_=2,
+                       pick=lambda f: ("edge-a", f.edges["edge-a"]), restart=False)
     summary = orch.run()
     log = events(out)
     on_a = {d.name for d in scenario.devices if d.edge == "edge-a"}
@@ -84,7 +93,7 @@ def test_edge_killed_mid_round_rehomes_its_devices_and_loses_no_round(ray_sessio
     rehomed = {e["device"]: e["to_edge"] for e in log if e["event"] == "rehome"}
     # No other edge covers edge-a's devices in the quickstart: the cloud serves them.
     assert rehomed == {d: "@cloud" for d in on_a}
-    assert all(orch.session_at[d] != "edge-a" for d in on_a)
+    assert all(orch.state.session_at[d] != "edge-a" for d in on_a)
     rounds = [e for e in log if e["event"] == "round_end"]
     assert [e["round"] for e in rounds] == list(range(1, scenario.training.rounds + 1))
     # Every device trained in every round: the re-homed ones redid their period at the new edge.

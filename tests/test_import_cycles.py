@@ -73,3 +73,16 @@ def test_orchestrator_is_the_only_package_that_imports_the_orchestrator():
     wrong = [(a, b) for a, b in graph.edges if b.startswith("tierflow.orchestrator") and
              not a.startswith("tierflow.orchestrator")]
     assert not wrong, f"tiers, placement and migration must not import the orchestrator: {wrong}"
+
+
+def test_the_fleet_is_the_only_module_of_the_orchestrator_that_uses_ray():
+    """Every Ray call of the orchestrator goes through orchestrator/fleet.py (so a test can replace
+    it); round policies, the loop and the rest see typed results only."""
+    users = sorted(name for name, (code, _) in
+                   ((module_name(p), (p.read_text(), False)) for p in (ROOT / "orchestrator").rglob("*.py"))
+                   if any(m == "ray" or m.startswith("ray.") for m in imported(ast.parse(code), name, False)))
+    assert users == ["tierflow.orchestrator.fleet"], users
+
+
+def test_the_ray_checker_sees_a_late_import():
+    assert "ray" in imported(ast.parse("def f():\n    import ray\n"), "tierflow.orchestrator.x", False)

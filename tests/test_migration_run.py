@@ -12,6 +12,7 @@ import zmq
 
 from tierflow.migration.channel import send_state
 from tierflow.migration.errors import MigrationError
+from tierflow.orchestrator.fleet import Fleet
 from tierflow.orchestrator.runner import Orchestrator, RunOptions
 from tierflow.orchestrator.scenario import parse_scenario
 
@@ -45,8 +46,8 @@ def scenario(tmp_path: Path, moving: bool, handover: str = "migrate", timeout_s:
     return parse_scenario(spec, "move.yaml")
 
 
-def run(sc, out: Path, cls=Orchestrator) -> dict:
-    summary = cls(sc, RunOptions(out_dir=out, progress=False)).run()
+def run(sc, out: Path, fleet_class=Fleet) -> dict:
+    summary = Orchestrator(sc, RunOptions(out_dir=out, progress=False), fleet_class).run()
     summary["state"] = torch.load(out / "model.pt")
     summary["events"] = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
     return summary
@@ -73,9 +74,10 @@ def test_migrated_session_continues_exactly(unmoved, tmp_path):
     assert_same_weights(moved["state"], unmoved["state"])
 
 
-class KillDestination(Orchestrator):
-    def before_migration(self, device_id, src, dst):
-        ray.kill(self.edges[dst])
+class KillDestination(Fleet):
+    def migrate(self, move):
+        ray.kill(self.edges[move.dst])
+        return super().migrate(move)
 
 
 def test_destination_dying_mid_handoff_loses_nothing(unmoved, tmp_path):
@@ -86,9 +88,9 @@ def test_destination_dying_mid_handoff_loses_nothing(unmoved, tmp_path):
     assert_same_weights(out["state"], unmoved["state"])
 
 
-class SendGarbageFirst(Orchestrator):
-    def before_migration(self, device_id, src, dst):
-        endpoint = self.receivers[dst]
+class SendGarbageFirst(Fleet):
+    def migrate(self, move):
+        device_id, endpoint = move.session_id, self.receivers[move.dst]
         sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.linger = 2000
         sock.connect(endpoint)
@@ -97,6 +99,7 @@ class SendGarbageFirst(Orchestrator):
         sock.close()  # with its 2 s linger, so the garbage really goes out
         with pytest.raises(MigrationError):
             send_state(endpoint, b"not the run key" * 2, device_id, {"device_id": device_id}, {}, timeout_s=2.0)
+        return super().migrate(move)
 
 
 def test_garbage_and_unauthenticated_messages_are_rejected(unmoved, tmp_path):

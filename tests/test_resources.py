@@ -286,25 +286,27 @@ def test_the_emulated_clock_charges_bytes_over_the_bandwidth_of_the_moment(tmp_p
     exactly the bits a real split step puts on the link (activations and labels up, gradients
     down, measured here) over bandwidth(t), plus the device-side model sync."""
     from tierflow.orchestrator.runner import Orchestrator, RunOptions
+    from tierflow.tiers.session import StageFactory
     from tierflow.tiers.step import StageRunner, run_local_step
 
     orch = Orchestrator(scenario_with(tmp_path, {"trace": "res.csv"}), RunOptions(out_dir=tmp_path, progress=False))
-    key = orch.splits["d0"]
-    runners = [StageRunner(orch.factory.stage(key, k), orch.scenario.training.optimizer) for k in range(2)]
+    key = orch.state.splits["d0"]
+    factory = StageFactory(orch.scenario.model.name, orch.world.dataset.shape)
+    runners = [StageRunner(factory.stage(key, k), orch.scenario.training.optimizer) for k in range(2)]
     x = orch.world.dataset.x_train[:16]
     step = run_local_step(runners, x, orch.world.dataset.y_train[:16])
     link_bits = 8 * (step.bytes_up[0] + step.bytes_down[0] + orch.world.dataset.y_train[:16].nbytes)
     report = TrainReport("d0", "e0", 1, 16, 0.0, 0, (0.0, 0.0, 0.0), (0, 0), (0, 0), 2)
-    sync_bits = 2 * 8 * orch.device_param_bytes("d0")
-    assert orch.device_param_bytes("d0") == sum(t.numel() * t.element_size()
+    sync_bits = 2 * 8 * orch.cost.device_param_bytes(key)
+    assert orch.cost.device_param_bytes(key) == sum(t.numel() * t.element_size()
                                                  for t in runners[0].module.state_dict().values())
     for t, bw in ((0.0, 20e6), (9.0, 20e6), (10.0, 1e6), (25.0, 1e6), (31.0, 4e6)):
-        orch.virtual_time_s = t
-        (charge,) = orch.charges([report])
+        orch.sim.virtual_time_s = t
+        (charge,) = orch.ops.charges([report])
         assert math.isclose(charge.cost.transfer_s, link_bits / bw, rel_tol=1e-12), t
         assert math.isclose(charge.cost.sync_s, sync_bits / bw, rel_tol=1e-12), t
-        assert orch.round_clock([report]) == charge.total_s
-    orch.virtual_time_s = 0.0
-    (later,) = orch.charges([report], offset_s=10.0)
+        assert orch.ops.round_clock([report]) == charge.total_s
+    orch.sim.virtual_time_s = 0.0
+    (later,) = orch.ops.charges([report], offset_s=10.0)
     assert math.isclose(later.cost.transfer_s + later.cost.sync_s, (link_bits + sync_bits) / 1e6, rel_tol=1e-12)
     assert later.cost.compute_s[0] == charge.cost.compute_s[0]  # d0 runs at 2e9 from t=10 on, as at t=31

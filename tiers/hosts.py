@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tierflow.migration.outcome import MigrationOutcome
 from tierflow.tiers.aggregate import WeightedSum
 from tierflow.tiers.dataplane import DataPlaneClient, DataPlaneServer
 from tierflow.tiers.models import InputShape
@@ -96,6 +97,7 @@ class TrainReport:
     n_tiers: int
     finite: bool = True
     error: str = ""  # non-empty: the segment failed (e.g. its edge stopped answering); not aggregated
+    not_hosted: bool = False  # the host restarted and lost the device: it must be given its devices again
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,7 @@ class DeviceHost:
         for job in jobs:
             if job[0] not in self.devices:  # this host restarted and has not been given its devices again
                 out.append(TrainReport(job[0], job[3], 0, 0, 0.0, 0, (0.0, 0.0, 0.0), (0, 0), (0, 0), 0, True,
-                                       NOT_HOSTED))
+                                       NOT_HOSTED, not_hosted=True))
                 continue
             try:
                 out.append(self.train(*job))
@@ -416,7 +418,7 @@ class SessionHost:
         with self.lock:
             self.sessions[session_id] = session
 
-    def migrate_out(self, device_id: str, endpoint: str, key: bytes, timeout_s: float) -> dict:
+    def migrate_out(self, device_id: str, endpoint: str, key: bytes, timeout_s: float) -> MigrationOutcome:
         """Send a session to another edge; the source copy stays until the orchestrator drops it."""
         from tierflow.migration.channel import send_state
         from tierflow.migration.errors import MigrationError
@@ -427,8 +429,8 @@ class SessionHost:
             try:
                 stats = send_state(endpoint, key, device_id, meta, arrays, timeout_s=timeout_s)
             except MigrationError as exc:
-                return {"ok": False, "error": str(exc), "bytes": 0, "duration_s": time.perf_counter() - t0}
-        return {"ok": True, "error": "", "bytes": int(stats.bytes_), "duration_s": time.perf_counter() - t0}
+                return MigrationOutcome(False, 0, time.perf_counter() - t0, str(exc))
+        return MigrationOutcome(True, int(stats.bytes_), time.perf_counter() - t0)
 
 
 class EdgeServer(SessionHost):

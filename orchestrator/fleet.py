@@ -1,0 +1,426 @@
+"""The fleet: the tier actors of one run, and the only place the orchestrator calls Ray.
+
+The round loop and the round policies decide; the fleet carries the decisions to the actors and
+brings back typed results. Every Ray call (actor start and stop, ``.remote``, ``ray.get``/``wait``
+/``put``/``kill``) of the orchestrator is a method here, so a test can put a fleet with faults in
+its place (a subclass that kills an actor before a call) and the rest of the run sees only the
+results: failures are data (``TrainBatch.failed``, ``MigrationOutcome.ok``), never a Ray exception.
+
+What the fleet tracks is what only it can know: which actors answer (``lost_hosts``; an edge
+that stopped answering is dropped by ``drop_dead_edges``) and where each one's endpoints are.
+Where a device's session is, and with which split, is the caller's state, given with each call.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+
+from tierflow.migration.outcome import MigrationOutcome
+from tierflow.orchestrator.aggregation import restrict
+from tierflow.orchestrator.scenario import CLOUD_EDGE, Scenario
+from tierflow.tiers.actors import CloudActor, DeviceHostActor, EdgeActor, actor_options
+from tierflow.tiers.aggregate import WeightedSum
+from tierflow.tiers.hosts import DeviceSetup, TrainReport
+from tierflow.tiers.session import SplitKey
+
+State = Mapping[str, np.ndarray]
+CLOUD = "cloud"  # the cloud tier's server, as a server name beside the edges'
+DEVICE_HOST_RESTARTS = 3  # Ray restarts a dead device host this many times; its devices then rejoin
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A model state placed once in the object store, to be read by many actors."""
+
+    ref: Any
+
+
+@dataclass(frozen=True)
+class StageOpening:
+    """Build a device's stages for ``key``: on its host, and on ``edge`` (and the cloud) as the split
+    says. ``optimizer_state`` carries each layer's optimizer state over a re-split."""
+
+    device_id: str
+    key: SplitKey
+    edge: str | None
+    weight: float
+    optimizer_state: dict | None = None
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    device_id: str
+    steps: int
+    edge: str | None  # the edge holding the session the device steps against
+    session_id: str | None = None  # a session not the device's own (a ring's)
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    reports: list[TrainReport]
+    failed: dict[str, str]  # device -> why its segment failed (its others' work counts)
+
+
+@dataclass(frozen=True)
+class CarriedStage:
+    """A device-side stage exported by its host and left in the object store, to travel to the next
+    member of a ring without passing through the orchestrator."""
+
+    meta: Any
+    arrays: Any
+
+
+@dataclass(frozen=True)
+class SessionMove:
+    session_id: str
+    src: str
+    dst: str
+
+
+@dataclass(frozen=True)
+class ActorsSnapshot:
+    """What the actors hold at a checkpoint: devices' stages and samplers, servers' sessions."""
+
+    devices: dict[str, Any]
+    sessions: dict[str, Any]  # server (edge name or "cloud") -> its exported sessions
+
+
+# ----- the connection (made before the run directory is claimed; orchestrator/cluster.py decides where) -----
+def connected_address() -> str | None:
+    """The cluster this process is connected to already (an embedding program, a test session)."""
+    return ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+
+
+def connect_ray(address: str, local_cpus: int | None) -> None:
+    """Join the cluster at ``address`` or, with ``local_cpus``, start a private instance there;
+    any failure is a ConnectionError with Ray's reason."""
+    try:
+        if local_cpus is None:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+        else:
+            ray.init(address=address, num_cpus=local_cpus, include_dashboard=False, logging_level="WARNING",
+                     configure_logging=True)
+    except (ConnectionError, RuntimeError, ValueError, OSError, ray.exceptions.RayError) as exc:
+        raise ConnectionError(str(exc).strip() or type(exc).__name__) from exc
+
+
+def reload_ray_config() -> None:
+    """Ray reads its authentication mode from its config, which must be re-read after the variable changes."""
+    try:
+        from ray._raylet import Config
+    except ImportError:
+        return
+    Config.initialize("")
+
+
+def dataplane_host() -> str | None:
+    """Loopback when every Ray node is this machine; otherwise each actor binds its node's address."""
+    addresses = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+    return "127.0.0.1" if addresses <= {ray.util.get_node_ip_address(), "127.0.0.1"} else None
+
+
+class Fleet:
+    """One cloud actor, one actor per edge server, and ``execution.device_hosts`` device hosts."""
+
+    def __init__(self, scenario: Scenario, shape, host_of: Mapping[str, int]):
+        self.scenario = scenario
+        self.shape = shape
+        self.host_of = dict(host_of)
+        self.n_hosts = max(self.host_of.values(), default=-1) + 1
+        self.migration_key = secrets.token_bytes(32)  # per run: the edges' migration channel
+        self.token = secrets.token_hex(16)  # per run: data-plane messages without it are refused
+        self.lost_hosts: set[int] = set()  # device hosts that died or missed a deadline, until they answer
+        self.edges: dict[str, Any] = {}
+        self.endpoints: dict[str, str] = {}
+        self.receivers: dict[str, str] = {}
+
+    # ----- life -----
+    def start(self, setups: Sequence[Sequence[DeviceSetup]]) -> None:
+        """Start every actor, their data planes and migration receivers, and give each host its devices."""
+        sc = self.scenario
+        opt, model, timeout = sc.training.optimizer, sc.model.name, sc.policy.step_timeout_s
+        self.cloud = CloudActor.options(**actor_options("cloud")).remote(
+            CLOUD, model, self.shape, opt, 1, self.token, timeout)
+        edges = {e.name: EdgeActor.options(**actor_options("edge")).remote(
+            e.name, model, self.shape, opt, self.cloud, 1, self.token, timeout) for e in sc.edges}
+        # A device host holds no state the orchestrator cannot give it again, so Ray may restart it;
+        # its devices then rejoin at the next period.
+        self.hosts = [DeviceHostActor.options(**actor_options("device", max_restarts=DEVICE_HOST_RESTARTS)).remote(
+            f"host{i}", model, self.shape, opt, 1, self.token, timeout) for i in range(self.n_hosts)]
+        self.bind = dataplane_host()
+        self.cloud_endpoint = ray.get(self.cloud.start_dataplane.remote(self.bind))
+        for name, actor in edges.items():
+            self._wire_edge(name, actor)
+        ray.get([host.add_devices.remote(list(setups[h])) for h, host in enumerate(self.hosts)])
+
+    def _wire_edge(self, name: str, actor) -> None:
+        endpoint, _, receiver = ray.get([actor.start_dataplane.remote(self.bind),
+                                         actor.set_cloud_endpoint.remote(self.cloud_endpoint),
+                                         actor.start_migration_receiver.remote(self.migration_key, self.bind)])
+        self.edges[name], self.endpoints[name], self.receivers[name] = actor, endpoint, receiver
+
+    def ensure_cloud_edge(self) -> str:
+        """Start (once) the cloud's own edge-tier actor: the server of last resort for re-homed devices."""
+        if CLOUD_EDGE not in self.edges:
+            sc = self.scenario
+            actor = EdgeActor.options(**actor_options("cloud")).remote(
+                CLOUD_EDGE, sc.model.name, self.shape, sc.training.optimizer, self.cloud, 1, self.token,
+                sc.policy.step_timeout_s)
+            self._wire_edge(CLOUD_EDGE, actor)
+        return CLOUD_EDGE
+
+    def actor_nodes(self) -> dict[str, str]:
+        """Which Ray node each actor runs on (the summary shows where a cluster put them)."""
+        names = ["cloud", *(f"edge:{n}" for n in self.edges), *(f"devices:{i}" for i in range(self.n_hosts))]
+        actors = [self.cloud, *self.edges.values(), *self.hosts]
+        return dict(zip(names, ray.get([a.node_id.remote() for a in actors]), strict=True))
+
+    def stop(self) -> None:
+        for actor in [self.cloud, *self.edges.values(), *self.hosts]:
+            ray.kill(actor)
+
+    def share(self, state: State) -> Shared:
+        return Shared(ray.put(dict(state)))
+
+    def _ref(self, state: State | Shared):
+        return state.ref if isinstance(state, Shared) else ray.put(dict(state))
+
+    def _server(self, name: str):
+        return self.cloud if name == CLOUD else self.edges[name]
+
+    def is_hosted(self, device_id: str) -> bool:
+        return self.host_of[device_id] not in self.lost_hosts
+
+    # ----- stages and sessions -----
+    def open(self, openings: Iterable[StageOpening], state: State | Shared, fresh: bool = False,
+             servers: bool = True) -> None:
+        """Build devices' stages from ``state``: on their hosts (``fresh``: optimizer state too) and,
+        with ``servers``, their edge and cloud sessions."""
+        ref = self._ref(state)
+        calls = []
+        for o in openings:
+            calls.append(self.hosts[self.host_of[o.device_id]].configure.remote(
+                o.device_id, o.key, ref, fresh, o.optimizer_state))
+            if servers:
+                calls.extend(self._open_server_calls(o.device_id, o.key, o.edge, ref, o.weight, o.optimizer_state))
+        ray.get(calls)
+
+    def open_sessions(self, openings: Iterable[StageOpening], state: State | Shared) -> None:
+        """Server-side sessions only (a ring's, keyed by its id)."""
+        ref = self._ref(state)
+        ray.get([c for o in openings
+                 for c in self._open_server_calls(o.device_id, o.key, o.edge, ref, o.weight, o.optimizer_state)])
+
+    def _open_server_calls(self, session_id: str, key: SplitKey, edge: str | None, ref, weight: float,
+                           optimizer_state: dict | None) -> list:
+        calls = []
+        if key.n_tiers >= 2 and edge is not None:
+            calls.append(self.edges[edge].open_session.remote(session_id, key, ref, weight, optimizer_state))
+        if key.n_tiers == 3:
+            calls.append(self.cloud.open_session.remote(session_id, key, ref, weight, optimizer_state))
+        return calls
+
+    def close_sessions(self, where: Iterable[tuple[str, str]]) -> None:
+        """Drop sessions, each named by (server, session id); a server that is gone holds nothing."""
+        ray.get([self._server(server).close_session.remote(sid) for server, sid in where
+                 if server == CLOUD or server in self.edges])
+
+    def session_ids(self) -> dict[str, list[str]]:
+        """Every server's open sessions."""
+        names = [*self.edges, CLOUD]
+        return dict(zip(names, ray.get([self._server(n).session_ids.remote() for n in names]), strict=True))
+
+    def optimizer_states(self, parts: Mapping[str, Sequence[str]]) -> dict[str, dict]:
+        """Each device's optimizer state, merged over the places listed for it ("host", an edge, "cloud")."""
+        refs = {d: [self.hosts[self.host_of[d]].optimizer_state.remote(d) if p == "host"
+                    else self._server(p).optimizer_state.remote(d) for p in places]
+                for d, places in parts.items()}
+        got = iter(ray.get([r for rs in refs.values() for r in rs]))
+        out: dict[str, dict] = {}
+        for d, rs in refs.items():
+            merged: dict = {}
+            for _ in rs:
+                merged.update(next(got))
+            out[d] = merged
+        return out
+
+    def load_weights(self, state: State | Shared, devices: Sequence[str],
+                     served: Mapping[str, Sequence[str]] = {}) -> None:
+        """Load ``state`` into the listed devices' stages (on hosts that answer) and into the server
+        sessions ``served`` lists (server -> session ids)."""
+        ref = self._ref(state)
+        calls = []
+        for h, host in enumerate(self.hosts):
+            mine = [d for d in devices if self.host_of[d] == h]
+            if mine and h not in self.lost_hosts:
+                calls.append(host.load_weights.remote(mine, ref))
+        for server, ids in served.items():
+            if ids:
+                calls.append(self._server(server).load_weights.remote(list(ids), ref))
+        ray.get(calls)
+
+    def weighted_sums(self, groups: Mapping[str, Sequence[str]], session_at: Mapping[str, str | None]
+                      ) -> dict[str, WeightedSum]:
+        """Each group's sample-weighted parameter sums, gathered from every tier that holds a part."""
+        calls = []
+        for h, host in enumerate(self.hosts):
+            if h not in self.lost_hosts:
+                mine = {d for d, hh in self.host_of.items() if hh == h}
+                calls.append(host.weighted_sums.remote(restrict(groups, mine)))
+        for name, edge in self.edges.items():
+            served = {d for d, e in session_at.items() if e == name}
+            calls.append(edge.weighted_sums.remote(restrict(groups, served)))
+        calls.append(self.cloud.weighted_sums.remote(dict(groups)))
+        totals = {g: WeightedSum() for g in groups}
+        for part in ray.get(calls):
+            for g, s in part.items():
+                totals[g].merge(s)
+        return totals
+
+    # ----- training -----
+    def train(self, jobs: Iterable[TrainJob]) -> TrainBatch:
+        """Train each job, all hosts at once; a host that died or did not answer within
+        ``policy.round_deadline_s`` fails its jobs and is lost until it answers again."""
+        by_host: dict[int, list[TrainJob]] = {}
+        for job in sorted(jobs, key=lambda j: j.device_id):
+            by_host.setdefault(self.host_of[job.device_id], []).append(job)
+        calls = {h: self.hosts[h].train_many.remote(
+            [(j.device_id, j.steps, self.endpoints[j.edge], j.edge, j.session_id) for j in js])
+            for h, js in by_host.items()}
+        ready, _ = ray.wait(list(calls.values()), num_returns=len(calls),
+                            timeout=self.scenario.policy.round_deadline_s)
+        done = set(ready)
+        reports: list[TrainReport] = []
+        failed: dict[str, str] = {}
+        for h, ref in calls.items():
+            why = ""
+            if ref not in done:
+                why = f"device host {h} did not answer within the round deadline"
+            else:
+                try:
+                    batch = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    why = f"device host {h} died ({type(exc).__name__})"
+            if why:
+                self.lost_hosts.add(h)
+                failed.update({j.device_id: why for j in by_host[h]})
+                continue
+            for r in batch:
+                if r.not_hosted:
+                    self.lost_hosts.add(h)
+                if r.error:
+                    failed[r.device_id] = r.error
+                else:
+                    reports.append(r)
+        return TrainBatch(reports, failed)
+
+    def export_stages(self, devices: Iterable[str]) -> dict[str, CarriedStage]:
+        out = {}
+        for d in devices:
+            meta, arrays = self.hosts[self.host_of[d]].export_stage.options(num_returns=2).remote(d)
+            out[d] = CarriedStage(meta, arrays)
+        return out
+
+    def load_stages(self, fresh: Sequence[StageOpening], state: State | Shared,
+                    carried: Mapping[str, CarriedStage]) -> None:
+        """Device-side stages for a ring's hop: ``fresh`` ones built from ``state`` with a fresh
+        optimizer, the others imported from the stage the ring's last hop exported."""
+        ref = self._ref(state) if fresh else None
+        ray.get([self.hosts[self.host_of[o.device_id]].configure.remote(o.device_id, o.key, ref, True)
+                 for o in fresh]
+                + [self.hosts[self.host_of[d]].import_stage.remote(d, s.meta, s.arrays) for d, s in carried.items()])
+
+    def fetch(self, stages: Sequence[CarriedStage], sessions: Sequence[tuple[str, str]]
+              ) -> tuple[list[dict], list[dict]]:
+        """The arrays of carried stages, and the state of server sessions named (server, session id)."""
+        got = ray.get([s.arrays for s in stages] + [self._server(srv).session_state.remote(sid)
+                                                    for srv, sid in sessions])
+        return got[:len(stages)], got[len(stages):]
+
+    # ----- moving sessions between edges (two-phase, over the migration channel) -----
+    def migrate(self, move: SessionMove) -> MigrationOutcome:
+        """Copy a session to ``dst``, which verifies and acknowledges it; only then drop it at ``src``."""
+        return self.migrate_many([move])[0]
+
+    def migrate_many(self, moves: Sequence[SessionMove]) -> list[MigrationOutcome]:
+        """Several moves at once (no edge may both send and receive among them: a sender holds its lock)."""
+        timeout = self.scenario.policy.migration_timeout_s
+        outs = ray.get([self.edges[m.src].migrate_out.remote(m.session_id, self.receivers[m.dst],
+                                                             self.migration_key, timeout) for m in moves])
+        self.close_sessions((m.src, m.session_id) for m, out in zip(moves, outs, strict=True) if out.ok)
+        return outs
+
+    # ----- faults -----
+    def host_answers(self, host: int) -> bool:
+        try:
+            ray.get(self.hosts[host].ping.remote(), timeout=self.scenario.policy.step_timeout_s)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return False
+        return True
+
+    def rejoin_host(self, host: int, setups: Sequence[DeviceSetup], configs: Mapping[str, tuple[SplitKey, State]]
+                    ) -> None:
+        """Give a host that answers again its devices, each stage built from the state given."""
+        actor = self.hosts[host]
+        ray.get(actor.add_devices.remote(list(setups)))
+        ray.get([actor.configure.remote(d, key, ray.put(dict(state))) for d, (key, state) in configs.items()])
+        self.lost_hosts.discard(host)
+
+    def drop_dead_edges(self) -> list[str]:
+        """Forget the edges whose actor is gone; returns their names."""
+        dead = []
+        for name, edge in list(self.edges.items()):
+            try:
+                ray.get(edge.ping.remote(), timeout=5)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                del self.edges[name]
+                dead.append(name)
+        return dead
+
+    def kill_edge(self, name: str) -> None:
+        ray.kill(self.edges.pop(name))
+
+    def refused_counts(self, timeout_s: float) -> dict[str, dict]:
+        """Each answering server's cumulative counts of messages its zmq ports refused."""
+        actors = {CLOUD: self.cloud, **self.edges}
+        refs = {actors[name].refused_counts.remote(): name for name in actors}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        out = {}
+        for ref in ready:
+            try:
+                out[refs[ref]] = ray.get(ref)
+            except ray.exceptions.RayError:  # a dead edge: its failure is reported where it is found
+                continue
+        return out
+
+    # ----- checkpoints -----
+    def snapshot(self) -> ActorsSnapshot:
+        hosts = [h for h in range(self.n_hosts) if h not in self.lost_hosts]
+        names = list(self.edges)
+        parts = ray.get([self.hosts[h].export_devices.remote() for h in hosts]
+                        + [self.edges[n].export_sessions.remote() for n in names]
+                        + [self.cloud.export_sessions.remote()])
+        devices: dict = {}
+        for part in parts[:len(hosts)]:
+            devices.update(part)
+        return ActorsSnapshot(devices, dict(zip([*names, CLOUD], parts[len(hosts):], strict=True)))
+
+    def restore(self, snapshot: ActorsSnapshot, missing: Mapping[str, SplitKey], state: State) -> None:
+        """Put every actor back as ``snapshot`` holds it; a device it lacks (its host was lost at the
+        checkpoint) starts from ``state``, as on rejoin."""
+        ref = ray.put(dict(state))
+        calls = []
+        for h, host in enumerate(self.hosts):
+            mine = [d for d, hh in self.host_of.items() if hh == h]
+            calls.append(host.import_devices.remote({d: snapshot.devices[d] for d in mine if d in snapshot.devices}))
+            calls.extend(host.configure.remote(d, missing[d], ref) for d in mine if d in missing)
+        for name, edge in self.edges.items():
+            calls.append(edge.import_sessions.remote(snapshot.sessions.get(name, {})))
+        calls.append(self.cloud.import_sessions.remote(snapshot.sessions.get(CLOUD, {})))
+        ray.get(calls)
