@@ -213,6 +213,53 @@ def test_split_device_side_group_equals_looped(model, cuts):
             assert _diff(f"{label}/edge weights", value, want_edge[name]) <= TOL
 
 
+def _session_group(host, key, opt, ids, tier) -> DeviceGroup:
+    states = {d: DeviceState(host.session_state(d), host.optimizer_state(d)) for d in ids}
+    return DeviceGroup(host.factory, key, opt, states, tier=tier)
+
+
+@pytest.mark.parametrize(("model", "cuts"), [SPLITS[1], SPLITS[2], SPLITS[4], SPLITS[6]])
+def test_every_tier_as_a_group_equals_looped(model, cuts):
+    """The edge (and cloud) hold the same devices' sessions as groups of their tier: one call per step."""
+    opt, key, setups = MOMENTUM, _key(model, cuts), _setups()
+    states = _full_states(model, setups)
+    ids = [s.device_id for s in setups]
+    label = f"all tiers grouped/{len(cuts) + 1}-tier/{model}/{'-'.join(map(str, cuts))}"
+    looped = _host(model, opt, key, setups, states)
+    edge = _edge(model, opt, key, states, ids)
+    steps = 4
+    reports = {d: looped.train(d, steps, edge, "e") for d in ids}
+
+    grouped = _host(model, opt, key, setups, states)
+    edge_sessions = _edge(model, opt, key, states, ids)
+    device = _group(grouped, key, opt, ids)
+    edge_group = _session_group(edge_sessions, key, opt, ids, 1)
+    cloud_group = _session_group(edge_sessions.cloud, key, opt, ids, 2) if key.n_tiers == 3 else None
+    loss_sums = np.zeros(len(ids))
+    for _ in range(steps):
+        x, y = draw_batch([grouped.devices[d] for d in ids])
+        acts = device.forward([x])
+        if cloud_group is None:
+            grads, result = edge_group.forward_loss_backward(acts, y, track_input_grad=True)
+        else:
+            upper, result = cloud_group.forward_loss_backward(edge_group.forward(acts, track_input_grad=True), y,
+                                                              track_input_grad=True)
+            grads = edge_group.backward(upper)
+        device.backward(grads)
+        loss_sums += result.loss * BATCH
+    for k, d in enumerate(ids):
+        _assert_device_matches(label, device.state_of(d), looped, d)
+        assert _diff(f"{label}/loss", loss_sums[k], reports[d].loss_sum) <= 1e-4
+        for group, host, name in [(edge_group, edge, "edge")] + (
+                [(cloud_group, edge.cloud, "cloud")] if cloud_group is not None else []):
+            got, want = group.state_of(d), host.session_state(d)
+            for n, value in want.items():
+                assert _diff(f"{label}/{name} weights", got.weights[n], value) <= TOL, f"{name} {d} {n}"
+            for n, fields in host.optimizer_state(d).items():
+                for f, value in fields.items():
+                    assert _diff(f"{label}/{name} optimizer", got.optimizer[n][f], value) <= TOL
+
+
 # ----- migration: leave one group, join another, continue as if unmoved -----
 @pytest.mark.parametrize(("model", "opt_name"), [("resnet_small", "momentum"), ("mlp", "adam")])
 def test_device_moving_between_groups_continues_as_if_unmoved(model, opt_name):
@@ -253,3 +300,14 @@ def test_leaving_before_any_step_leaves_no_optimizer_state():
     group.join({"d2": DeviceState(partition_state(host.devices["d2"].session.runner), {})})
     group.step([draw_batch([host.devices[d] for d in group.device_ids])])
     assert set(group.state_of("d2").optimizer) == set(group.param_names)
+
+
+def test_choose_engine_names_one_of_the_two():
+    from tierflow.tiers.device_group import choose_engine, time_engines
+    from tierflow.tiers.session import StageFactory
+
+    factory = StageFactory("mlp", SHAPE)
+    timing = time_engines(factory, _key("mlp", []), MOMENTUM, BATCH, 16, repeats=1)
+    assert timing.vectorized_s > 0 and timing.looped_s > 0
+    assert timing.engine == ("vectorized" if timing.vectorized_s < timing.looped_s else "looped")
+    assert choose_engine(factory, _key("mlp", ["relu1"]), MOMENTUM, BATCH, 16) in ("vectorized", "looped")

@@ -88,6 +88,7 @@ class StackedOptimizer:
 
     @torch.no_grad()
     def step(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor | None]) -> None:
+        """One update of every slice; ``grads`` are consumed (weight decay is added to them in place)."""
         for name, p in params.items():
             g = grads.get(name)
             if g is None:  # torch skips a parameter without a gradient
@@ -101,7 +102,7 @@ class StackedOptimizer:
     def _sgd(self, name: str, p: torch.Tensor, g: torch.Tensor) -> None:
         spec = self.spec
         if spec.weight_decay != 0:
-            g = g.add(p, alpha=spec.weight_decay)
+            g.add_(p, alpha=spec.weight_decay)  # the gradient is ours to overwrite: no new tensor per step
         if spec.momentum != 0:
             buf = self.state[name]["momentum_buffer"]
             buf.mul_(spec.momentum).add_(g, alpha=1 - _SGD_DAMPENING)
@@ -114,7 +115,7 @@ class StackedOptimizer:
         step = state["step"]
         step += 1
         if spec.weight_decay != 0:
-            g = g.add(p, alpha=spec.weight_decay)
+            g.add_(p, alpha=spec.weight_decay)
         state["exp_avg"].lerp_(g, 1 - beta1)
         state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
         # Steps may differ between devices (one joined later): the bias corrections are per slice,
@@ -163,6 +164,7 @@ class DeviceGroup:
         self.device_ids: list[str] = list(states)
         self.param_names = [n for n, _ in self.module.named_parameters()]
         self.buffer_names = [n for n, _ in self.module.named_buffers()]
+        self.state_names = list(self.module.state_dict())  # what a device's stage exports, in its order
         ordered = [states[d] for d in self.device_ids]
         self.params = {n: _stacked([s.weights[n] for s in ordered]).requires_grad_(True) for n in self.param_names}
         self.buffers = {n: _stacked([s.weights[n] for s in ordered]) for n in self.buffer_names}
@@ -243,8 +245,9 @@ class DeviceGroup:
     # ----- membership: devices leave and join as plain data -----
     def state_of(self, device_id: str) -> DeviceState:
         k = self.device_ids.index(device_id)
-        weights = {n: t[k].detach().numpy().copy() for n, t in {**self.params, **self.buffers}.items()}
-        return DeviceState({n: weights[n] for n in self.module.state_dict()}, self.optimizer.state_of(k))
+        tensors = {**self.params, **self.buffers}
+        weights = {n: tensors[n][k].detach().numpy().copy() for n in self.state_names}
+        return DeviceState(weights, self.optimizer.state_of(k))
 
     def unstack(self) -> dict[str, DeviceState]:
         """Every device's stage and optimizer state, as it would hold them alone."""
@@ -302,9 +305,12 @@ def draw_batch(devices: Sequence[_Device]) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----- choosing the engine: vmapped convolutions can be slower than a loop on CPU -----
+_TIMING_BYTES = 256 * 2**20
+
+
 @dataclass(frozen=True)
 class EngineTiming:
-    vectorized_s: float  # seconds per device-step
+    vectorized_s: float  # CPU seconds per device-step
     looped_s: float
 
     @property
@@ -314,18 +320,19 @@ class EngineTiming:
 
 def time_engines(factory: StageFactory, key: SplitKey, optimizer: OptimizerSpec, batch_size: int,
                  n_devices: int, repeats: int = 3, seed: int = 0) -> EngineTiming:
-    """Seconds per device-step of one training step of the device-side stage, both ways (the best of
-    ``repeats``, after a warm-up). The loop's cost per device does not depend on the group's size,
+    """CPU seconds per device-step of one training step of the device-side stage, both ways (the best
+    of ``repeats``, after a warm-up). The loop's cost per device does not depend on the group's size,
     so it is timed on a few devices; the group is timed at its real size (capped)."""
-    from tierflow.tiers.step import StageRunner
-
     shape = factory.shape
     rng = np.random.default_rng(seed)
-    k_vec, k_loop = max(1, min(n_devices, 256)), max(1, min(n_devices, 8))
-    template = StageRunner(factory.stage(key, 0), optimizer)
-    weights = {n: t.detach().numpy().copy() for n, t in template.module.state_dict().items()}
+    weights = {n: t.detach().numpy().copy() for n, t in factory.stage(key, 0).module.state_dict().items()}
+    state_bytes = max(1, sum(w.nbytes for w in weights.values()))
+    # Past a few hundred devices the group's cost per device barely moves; the cap also bounds the
+    # memory the timing takes (a stacked copy of parameters, gradients and optimizer state).
+    k_vec = max(1, min(n_devices, 256, _TIMING_BYTES // state_bytes))
+    k_loop = max(1, min(n_devices, 8))
     group = DeviceGroup(factory, key, optimizer, {str(i): DeviceState(weights, {}) for i in range(k_vec)})
-    runners = [factory.runner(key, 0, optimizer) for _ in range(k_loop)]
+    runners = [factory.runner(key, 0, optimizer) for _ in range(k_loop)]  # what DeviceHost.train steps
     x = rng.standard_normal((k_vec, batch_size, shape.channels, shape.height, shape.width)).astype(np.float32)
     y = rng.integers(0, shape.num_classes, (k_vec, batch_size)).astype(np.int64)
 
@@ -344,16 +351,21 @@ def time_engines(factory: StageFactory, key: SplitKey, optimizer: OptimizerSpec,
                 outs = r.forward([x[k]], track_input_grad=False)
                 r.backward([np.ones_like(o) for o in outs])
 
-    def best(fn, k: int) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times) / k
+    vectorized()  # warm-up
+    looped()
+    vec, loop = [], []
+    for _ in range(repeats):  # interleaved, so a burst of load elsewhere hits both
+        vec.append(_cpu_seconds(vectorized) / k_vec)
+        loop.append(_cpu_seconds(looped) / k_loop)
+    return EngineTiming(min(vec), min(loop))
 
-    return EngineTiming(best(vectorized, k_vec), best(looped, k_loop))
+
+def _cpu_seconds(fn) -> float:
+    # CPU time, not wall time: on a shared host the wall clock charges other processes' work too.
+    # A device host trains on one thread, so the two agree when the machine is quiet.
+    t0 = time.process_time()
+    fn()
+    return time.process_time() - t0
 
 
 def choose_engine(factory: StageFactory, key: SplitKey, optimizer: OptimizerSpec, batch_size: int,
