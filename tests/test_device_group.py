@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from tierflow.tiers.device_group import DeviceGroup, DeviceState, draw_batch
 from tierflow.tiers.hosts import Cloud, DeviceHost, DeviceSetup, EdgeServer
@@ -292,6 +293,27 @@ def test_device_moving_between_groups_continues_as_if_unmoved(model, opt_name):
         _assert_device_matches(f"moved/{model}/{opt_name}", got[d], looped, d)
 
 
+@pytest.mark.parametrize(("model", "opt_name"), [("resnet_small", "momentum"), ("mlp", "adam")])
+def test_group_and_loop_hand_devices_over_both_ways(model, opt_name):
+    """Grouped for two steps, back on the loop for two (through DeviceHost.configure), grouped again:
+    the same as six steps alone."""
+    opt, key, setups = OPTIMIZERS[opt_name], _key(model, []), _setups()
+    states = _full_states(model, setups)
+    ids = [s.device_id for s in setups]
+    host = _host(model, opt, key, setups, states)
+    group = _group(host, key, opt, ids)
+    group.step([draw_batch([host.devices[d] for d in ids]) for _ in range(2)])
+    for d, state in group.unstack().items():
+        host.configure(d, key, state.weights, optimizer_states=state.optimizer)
+        host.train(d, 2, None, None)
+    group = _group(host, key, opt, ids)
+    group.step([draw_batch([host.devices[d] for d in ids]) for _ in range(2)])
+    looped = _host(model, opt, key, setups, states)
+    for d in ids:
+        looped.train(d, 6, None, None)
+        _assert_device_matches(f"group-loop-group/{model}/{opt_name}", group.state_of(d), looped, d)
+
+
 def test_leaving_before_any_step_leaves_no_optimizer_state():
     opt, key, setups = MOMENTUM, _key("mlp", []), _setups()
     host = _host("mlp", opt, key, setups, _full_states("mlp", setups))
@@ -311,3 +333,26 @@ def test_choose_engine_names_one_of_the_two():
     assert timing.vectorized_s > 0 and timing.looped_s > 0
     assert timing.engine == ("vectorized" if timing.vectorized_s < timing.looped_s else "looped")
     assert choose_engine(factory, _key("mlp", ["relu1"]), MOMENTUM, BATCH, 16) in ("vectorized", "looped")
+
+
+class WithDropout(torch.nn.Module):
+    def __init__(self, shape: InputShape):
+        super().__init__()
+        self.flatten = torch.nn.Flatten()
+        self.fc = torch.nn.Linear(shape.channels * shape.height * shape.width, shape.num_classes)
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.drop(self.fc(self.flatten(x)))
+
+
+def test_a_stage_vmap_cannot_give_each_device_its_own_step_stays_looped():
+    from tierflow.tiers.device_group import choose_engine
+    from tierflow.tiers.session import StageFactory
+
+    name = f"{__name__}:WithDropout"
+    factory, key = StageFactory(name, SHAPE), _key(name, [])
+    assert choose_engine(factory, key, MOMENTUM, BATCH, 16) == "looped"
+    weights = {k: v.numpy() for k, v in factory.stage(key, 0).module.state_dict().items()}
+    with pytest.raises(ValueError, match="dropout"):
+        DeviceGroup(factory, key, MOMENTUM, {"d0": DeviceState(weights, {})})

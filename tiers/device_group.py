@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from tierflow.tiers.optim import OPTIMIZERS, OptimizerSpec
@@ -145,6 +146,17 @@ class StackedOptimizer:
             self.state[name] = {f: torch.cat([t, other.state[name][f]]) for f, t in self.state[name].items()}
 
 
+def unsupported(module: nn.Module) -> str:
+    """Why a stage cannot train as a group ("" if it can): what vmap cannot give each device alone."""
+    for name, m in module.named_modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats and m.momentum is None:
+            # The cumulative average reads its step count as a Python number: one for the whole group.
+            return f"{name}: batch norm with momentum=None (a cumulative average) is not batched per device"
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            return f"{name}: dropout draws from torch's global RNG, in another order in a loop than in a batch"
+    return ""
+
+
 class DeviceGroup:
     """The stage of one tier for many devices with the same split and batch shape, stacked.
 
@@ -161,6 +173,9 @@ class DeviceGroup:
         self.factory, self.key, self.spec, self.tier = factory, key, optimizer, tier
         self.module = factory.stage(key, tier).module  # a template: functional_call swaps in each device's tensors
         self.module.train()
+        reason = unsupported(self.module)
+        if reason:
+            raise ValueError(f"this stage cannot train as a device group: {reason}")
         self.device_ids: list[str] = list(states)
         self.param_names = [n for n, _ in self.module.named_parameters()]
         self.buffer_names = [n for n, _ in self.module.named_buffers()]
@@ -370,5 +385,12 @@ def _cpu_seconds(fn) -> float:
 
 def choose_engine(factory: StageFactory, key: SplitKey, optimizer: OptimizerSpec, batch_size: int,
                   n_devices: int) -> str:
-    """"vectorized" or "looped": whichever trained this stage and batch shape faster when timed here."""
-    return time_engines(factory, key, optimizer, batch_size, n_devices).engine
+    """"vectorized" or "looped": whichever trained this stage and batch shape faster when timed here;
+    "looped" for a stage that cannot be vectorized (see :func:`unsupported`, or a user model whose
+    operations vmap has no batching rule for)."""
+    if unsupported(factory.stage(key, 0).module):
+        return "looped"
+    try:
+        return time_engines(factory, key, optimizer, batch_size, n_devices).engine
+    except RuntimeError:  # vmap refused an operation of the model: the loop is the engine that runs it
+        return "looped"
