@@ -259,14 +259,16 @@ class DeviceGroup:
 
     # ----- membership: devices leave and join as plain data -----
     def state_of(self, device_id: str) -> DeviceState:
-        k = self.device_ids.index(device_id)
-        tensors = {**self.params, **self.buffers}
-        weights = {n: tensors[n][k].detach().numpy().copy() for n in self.state_names}
-        return DeviceState(weights, self.optimizer.state_of(k))
+        return self._state_at(self.device_ids.index(device_id))
 
     def unstack(self) -> dict[str, DeviceState]:
         """Every device's stage and optimizer state, as it would hold them alone."""
-        return {d: self.state_of(d) for d in self.device_ids}
+        return {d: self._state_at(k) for k, d in enumerate(self.device_ids)}
+
+    def _state_at(self, k: int) -> DeviceState:
+        tensors = {**self.params, **self.buffers}
+        weights = {n: tensors[n][k].detach().numpy().copy() for n in self.state_names}
+        return DeviceState(weights, self.optimizer.state_of(k))
 
     def leave(self, device_id: str) -> DeviceState:
         """Take one device out (it migrates); the others keep training as before."""
@@ -308,15 +310,19 @@ class _Device(Protocol):
 
 def draw_batch(devices: Sequence[_Device]) -> tuple[np.ndarray, np.ndarray]:
     """Each device's next batch from its own sampler, exactly as it draws one training alone, stacked."""
-    xs, ys = [], []
-    for device in devices:
+    x = y = None
+    for k, device in enumerate(devices):
         idx = device.sampler.next_indices()
-        xs.append(device.setup.x[idx])
-        ys.append(device.setup.y[idx])
-    shapes = {x.shape for x in xs}
-    if len(shapes) != 1:
-        raise ValueError(f"a device group needs one batch shape; got {sorted(shapes)}")
-    return np.stack(xs), np.stack(ys)
+        if x is None:
+            first = device.setup.x[idx]
+            x = np.empty((len(devices),) + first.shape, first.dtype)
+            y = np.empty((len(devices), len(idx)), device.setup.y.dtype)
+        if len(idx) != y.shape[1]:
+            raise ValueError(f"a device group needs one batch shape; device {k} draws {len(idx)}, "
+                             f"the first {y.shape[1]}")
+        np.take(device.setup.x, idx, axis=0, out=x[k])  # straight into the stack: no copy per device
+        np.take(device.setup.y, idx, axis=0, out=y[k])
+    return x, y
 
 
 # ----- choosing the engine: vmapped convolutions can be slower than a loop on CPU -----
