@@ -34,8 +34,9 @@ from tierflow.orchestrator.round_context import RoundContext
 from tierflow.orchestrator.round_ops import RoundOps
 from tierflow.orchestrator.round_policies import round_policy_for
 from tierflow.orchestrator.round_record import round_end_event
+from tierflow.orchestrator.run_checkpoint import RunCheckpoint
 from tierflow.orchestrator.run_dir import EVENTS, EventsDigest, claim_run_dir
-from tierflow.orchestrator.run_state import Counters, RunState, split_from_json, split_to_json
+from tierflow.orchestrator.run_state import RunState
 from tierflow.orchestrator.scenario import CLOUD_EDGE, Scenario
 from tierflow.orchestrator.simulation import Simulation
 from tierflow.orchestrator.world import World, build_world
@@ -98,42 +99,38 @@ class Orchestrator:
         snapshot = self.fleet.snapshot()
         log.flush()
         events_bytes, events_sha256 = self.events_digest.advance()
-        st = self.state
-        doc = {
-            "round": st.round, "scenario_fingerprint": scenario_fingerprint(self.scenario),
-            "scenario_path": str(Path(self.scenario.source).resolve()),
-            "events_bytes": events_bytes, "events_sha256": events_sha256, "wall_time_s": wall_s,
-            **self.sim.export_state(),
-            "counters": st.counters.to_json(), "bytes_total": st.bytes_total, "time_to_target": st.time_to_target,
-            "session_at": st.session_at, "edges": list(self.fleet.edges), "lost_hosts": sorted(self.fleet.lost_hosts),
-            "splits": {d: split_to_json(k) for d, k in st.splits.items()},
-            "pending_extra_s": st.pending_extra_s,
+        st, sim = self.state, self.sim
+        doc = RunCheckpoint(
+            round=st.round, scenario_fingerprint=scenario_fingerprint(self.scenario),
+            scenario_path=str(Path(self.scenario.source).resolve()),
+            events_bytes=events_bytes, events_sha256=events_sha256, wall_time_s=wall_s,
+            virtual_time_s=sim.virtual_time_s, mobility_t=sim.mobility_t, edge_of=dict(sim.edge_of),
+            detector=dict(sim.detector.current),
+            counters=st.counters, bytes_total=st.bytes_total, time_to_target=st.time_to_target,
+            session_at=st.session_at, splits=st.splits, pending_extra_s=st.pending_extra_s,
+            edges=list(self.fleet.edges), lost_hosts=sorted(self.fleet.lost_hosts),
             **self.placement.export_state(),
-            "profile_digest": profile_digest(self.profile),
-            "round_policy": self.round_policy.export_state(),
-        }
+            profile_digest=profile_digest(self.profile), round_policy=self.round_policy.export_state())
         save_checkpoint(self.options.out_dir,
-                        Checkpoint(doc, st.global_state, snapshot.devices, snapshot.sessions))
+                        Checkpoint(doc.to_json(), st.global_state, snapshot.devices, snapshot.sessions))
 
     def restore(self, ckpt: Checkpoint) -> None:
         """Put the run and every actor back in the state the checkpoint recorded."""
-        doc, st = ckpt.state, self.state
-        if doc.get("profile_digest") != profile_digest(self.profile):
+        doc, st = RunCheckpoint.from_json(ckpt.state), self.state
+        if doc.profile_digest != profile_digest(self.profile):
             raise TierflowError(f"{self.options.out_dir}: the layer profile differs from the one the interrupted run "
                                 f"charged; resume with --profile {self.options.out_dir / PROFILE_FILE}")
-        st.round = ckpt.round
-        self.wall_before_s = float(doc["wall_time_s"])
-        st.counters, st.bytes_total = Counters.from_json(doc["counters"]), doc["bytes_total"]
-        st.time_to_target = doc["time_to_target"]
+        st.round = doc.round
+        self.wall_before_s = float(doc.wall_time_s)
+        st.counters, st.bytes_total, st.time_to_target = doc.counters, doc.bytes_total, doc.time_to_target
         st.global_state = dict(ckpt.global_model)
         st.last_pushed = dict.fromkeys(self.ops.devices, st.global_state)
-        st.splits = {d: split_from_json(v) for d, v in doc["splits"].items()}
-        st.session_at = dict(doc["session_at"])
-        st.pending_extra_s = {d: float(v) for d, v in doc["pending_extra_s"].items()}
-        self.placement.import_state(doc, st.splits)
-        self.round_policy.import_state(doc["round_policy"])
-        self.sim.trajectories.resume(self.options.out_dir, ckpt.round)
-        alive = set(doc["edges"])
+        st.splits, st.session_at = dict(doc.splits), dict(doc.session_at)
+        st.pending_extra_s = {d: float(v) for d, v in doc.pending_extra_s.items()}
+        self.placement.import_state(ckpt.state, st.splits)
+        self.round_policy.import_state(doc.round_policy)
+        self.sim.trajectories.resume(self.options.out_dir, doc.round)
+        alive = set(doc.edges)
         if CLOUD_EDGE in alive:
             self.fleet.ensure_cloud_edge()
         for name in list(self.fleet.edges):

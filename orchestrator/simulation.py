@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from tierflow.migration.handover import Handover, nearest_covering
 from tierflow.orchestrator.mobility import build_detector, build_mobility, edge_sites
 from tierflow.orchestrator.resources import ResourceModel
+from tierflow.orchestrator.run_checkpoint import RunCheckpoint
 from tierflow.orchestrator.scenario import Scenario
 from tierflow.orchestrator.time_modes import TIME_MODES
 from tierflow.orchestrator.trajectories import TrajectoryRecorder
@@ -63,12 +64,8 @@ class Simulation:
         self.detector = build_detector(self.scenario, dict(attached), alive)
 
     # ----- checkpoints -----
-    def export_state(self) -> dict:
-        return {"virtual_time_s": self.virtual_time_s, "mobility_t": self.mobility_t, "edge_of": dict(self.edge_of),
-                "detector": dict(self.detector.current)}
-
-    def import_state(self, state: Mapping, alive: set[str]) -> None:
-        self.virtual_time_s, self.mobility_t = float(state["virtual_time_s"]), float(state["mobility_t"])
-        self.edge_of = dict(state["edge_of"])
+    def import_state(self, saved: RunCheckpoint, alive: set[str]) -> None:
+        self.virtual_time_s, self.mobility_t = float(saved.virtual_time_s), float(saved.mobility_t)
+        self.edge_of = dict(saved.edge_of)
         self.watch(self.edge_of, alive)
-        self.detector.current = dict(state["detector"])
+        self.detector.current = dict(saved.detector)

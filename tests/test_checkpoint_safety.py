@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from checkpoint_samples import make_checkpoint
+from checkpoint_samples import make_checkpoint, valid_state
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
@@ -187,7 +187,7 @@ def test_a_crash_while_finishing_an_interrupted_swap_loses_nothing_either(monkey
 KILL_LOOP = """
 import sys
 from pathlib import Path
-from checkpoint_samples import make_checkpoint
+from checkpoint_samples import make_checkpoint, valid_state
 from tierflow.orchestrator.checkpoint import save_checkpoint
 run_dir = Path(sys.argv[1])
 for r in range(1, 10_000):
@@ -601,3 +601,16 @@ def test_fresh_over_a_used_dir_then_kill_and_resume_from_another_directory(ray_s
     assert model.keys() == final.global_model.keys()
     for k, v in final.global_model.items():
         assert torch.equal(model[k], torch.from_numpy(v)), k
+
+
+def test_the_typed_checkpoint_state_and_its_shape_check_name_the_same_fields():
+    """The loop writes ``RunCheckpoint.to_json()``; the reader checks that shape before building one."""
+    from dataclasses import fields
+
+    from tierflow.orchestrator.checkpoint_state import STATE
+    from tierflow.orchestrator.run_checkpoint import RunCheckpoint
+    from tierflow.orchestrator.run_state import Counters
+
+    assert [f.name for f in fields(RunCheckpoint)] and {f.name for f in fields(RunCheckpoint)} == set(STATE.fields)
+    doc = valid_state(3)
+    assert RunCheckpoint.from_json(doc).to_json() == {**doc, "counters": {**Counters().to_json(), **doc["counters"]}}
