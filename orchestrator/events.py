@@ -42,16 +42,16 @@ def read_events(path: Path) -> list[Record]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def json_lines(path: Path) -> list[tuple[int, Any]]:
-    """(line number, JSON value) of each non-blank line of the log; TierflowError names ``path:line``
-    of a line that is not JSON."""
+def json_lines(path: Path) -> list[tuple[int, str, Any]]:
+    """(line number, line, JSON value) of each non-blank line of the log; TierflowError names
+    ``path:line`` of a line that is not JSON."""
     text = read_text(path, "event log", max_bytes=EVENT_LOG_LIMIT_BYTES)
     out = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            out.append((lineno, json.loads(line)))
+            out.append((lineno, line, json.loads(line)))
         except json.JSONDecodeError as exc:
             raise TierflowError(f"{path}:{lineno}: not a JSON event ({exc.msg} at column {exc.colno})") from None
         except (ValueError, RecursionError) as exc:  # an integer of 5,000 digits, nesting deeper than the stack
@@ -64,7 +64,7 @@ def read_typed_events(path: Path) -> list[Event]:
     """The log's events as records; kinds this schema does not know are skipped. A line that is
     not JSON, or an event the schema refuses, raises TierflowError naming ``path:line``."""
     events = []
-    for lineno, obj in json_lines(path):
+    for lineno, _, obj in json_lines(path):
         event = parse_known_event(obj, f"{path}:{lineno}")
         if event is not None:
             events.append(event)
