@@ -11,6 +11,7 @@ is declared stays an ``int``), so a parsed record re-serialises to the very byte
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -310,12 +311,12 @@ def _misfit(value: Any, tp: Any) -> tuple[str, Any, Any] | None:
     return None if ok else ("", tp, value)
 
 
+_REPR = reprlib.Repr()  # bounded: the value may be large or deep
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 40, 40
+
+
 def _preview(value: Any) -> str:
-    try:
-        text = repr(value)
-    except RecursionError:
-        text = f"<{type(value).__name__} nested too deep>"
-    return text if len(text) <= 60 else text[:57] + "..."
+    return _REPR.repr(value)
 
 
 def parse_event(d: Mapping, where: str) -> Event:
