@@ -78,6 +78,12 @@ def test_the_objects_are_today_s():
         migration.ok = False
 
 
+def test_the_wall_clock_fields_are_fields_of_the_schema():
+    """Two identical emulated runs may differ only in these: each must name a real field."""
+    keys = {f.metadata.get("key", f.name) for cls in ev.EVENT_TYPES.values() for f in dataclasses.fields(cls)}
+    assert ev.WALL_CLOCK_FIELDS <= keys and "virtual_time_s" not in ev.WALL_CLOCK_FIELDS
+
+
 def _keys(event: ev.EventRecord) -> list[tuple[str, bool]]:
     """(JSON key, whether the writer may leave it out) of each field."""
     return [(f.metadata.get("key", f.name), f.default is None) for f in dataclasses.fields(event)]
