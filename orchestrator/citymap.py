@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, Patch
 
+from tierflow.orchestrator import event_types as ev
 from tierflow.orchestrator.trajectories import NO_EDGE, Trajectories
 
 MAX_PATHS = 150
@@ -108,7 +109,7 @@ def evenly(n: int, k: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, k).round().astype(int))
 
 
-def locate_marks(traj: Trajectories, events: Sequence[dict]) -> list[Mark]:
+def locate_marks(traj: Trajectories, events: Sequence[ev.Event]) -> list[Mark]:
     """A mark for every handover and migration event, where the device was at that moment.
 
     The k-th handover event of a run is the k-th handover the recorder kept (both follow the
@@ -121,24 +122,23 @@ def locate_marks(traj: Trajectories, events: Sequence[dict]) -> list[Mark]:
     where: dict[str, Mark] = {}  # device -> its latest handover mark
     k = 0
     for e in events:
-        kind = e.get("event")
-        if kind == "handover":
-            device, rnd = str(e.get("device")), int(e.get("round", 0))
+        if isinstance(e, ev.Handover):
+            device, rnd = e.device, e.round
             mark = None
             if k < len(traj.handover_t_s) and device_index.get(device) == int(traj.handover_device[k]):
                 x, y = traj.handover_xy[k]
                 mark = Mark("handover", device, rnd, float(traj.handover_t_s[k]), float(x), float(y))
                 k += 1
             elif device in device_index:
-                mark = _from_frames(traj, device, device_index[device], rnd, edge_index.get(e.get("to_edge")))
+                mark = _from_frames(traj, device, device_index[device], rnd, edge_index.get(e.to_edge))
             if mark is not None:
                 marks.append(mark)
                 where[device] = mark
-        elif kind == "migration":
-            at = where.get(str(e.get("device")))
+        elif isinstance(e, ev.Migration):
+            at = where.get(e.device)
             if at is None:
                 continue
-            mk = "restart" if e.get("policy") == "restart" else ("migration" if e.get("ok") else "failed_migration")
+            mk = "restart" if e.policy == "restart" else ("migration" if e.ok else "failed_migration")
             marks.append(Mark(mk, at.device, at.round, at.t_s, at.x, at.y))
     return marks
 
@@ -266,7 +266,7 @@ def _subtitle(traj: Trajectories, marks: Sequence[Mark]) -> str:
             f"{n_h} handovers, {n_m} session moves")
 
 
-def draw_city(traj: Trajectories, events: Sequence[dict], title: str, out: Path) -> CityDrawing:
+def draw_city(traj: Trajectories, events: Sequence[ev.Event], title: str, out: Path) -> CityDrawing:
     """The city map as a PNG: coverage, device paths (or points), handover and migration marks."""
     palette = _palette(traj)
     marks = locate_marks(traj, events)
@@ -310,7 +310,7 @@ def draw_city(traj: Trajectories, events: Sequence[dict], title: str, out: Path)
     return CityDrawing(Path(out), n_edges, n, len(devices), moving, counts, total)
 
 
-def animate_city(traj: Trajectories, events: Sequence[dict], title: str, out: Path,
+def animate_city(traj: Trajectories, events: Sequence[ev.Event], title: str, out: Path,
                  max_frames: int = GIF_FRAMES) -> CityDrawing:
     """The run as a GIF: devices at each recorded frame (at most ``max_frames``, evenly over the run),
     with short tracks, and handovers flashing where they happen."""

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from tierflow.orchestrator.cluster import ensure_ray
 from tierflow.orchestrator.errors import TierflowError
-from tierflow.orchestrator.events import read_events
+from tierflow.orchestrator.event_types import RoundEnd
+from tierflow.orchestrator.events import read_typed_events
 from tierflow.orchestrator.files import read_text
 from tierflow.orchestrator.scenario import MobilitySpec, Scenario
 from tierflow.placement.profile import LayerProfile
@@ -111,16 +112,15 @@ class Row:
     switches: int = 0  # devices switched to a new split by re-planning
 
 
-def residuals(rounds: Sequence[dict]) -> list[float]:
+def residuals(rounds: Sequence[RoundEnd]) -> list[float]:
     """|charged - predicted| / predicted of each round_end: what the planner could not know."""
-    return [abs(e["charged_s"] - e["predicted_s"]) / e["predicted_s"] if e["predicted_s"] > 0 else 0.0
-            for e in rounds]
+    return [abs(e.charged_s - e.predicted_s) / e.predicted_s if e.predicted_s > 0 else 0.0 for e in rounds]
 
 
 def row_from_run(variant: str, run_dir: Path) -> Row:
     summary = json.loads(read_text(run_dir / "summary.json", "run summary"))
-    rounds = [e for e in read_events(run_dir / "events.jsonl") if e["event"] == "round_end"]
-    curve = [(float(e["virtual_time_s"]), float(e["accuracy"])) for e in rounds]
+    rounds = [e for e in read_typed_events(run_dir / "events.jsonl") if isinstance(e, RoundEnd)]
+    curve = [(float(e.virtual_time_s), float(e.accuracy)) for e in rounds]
     res = residuals(rounds)
     ttt = summary.get("time_to_target")
     reached = ttt is not None

@@ -1,23 +1,11 @@
 """The Prometheus exporter: metrics derived from the round loop's events, one source of truth.
 
-The orchestrator writes each event to the run's ``events.jsonl`` and hands the same dict to
-:meth:`MetricsExporter.observe`. Event kinds (keys always present unless noted)::
-
-    run_start  wall_time_s virtual_time_s time_mode scenario devices edges policy
-    round_end  round wall_time_s virtual_time_s duration_s predicted_s charged_s accuracy loss
-               train_loss bytes{link:{up,down}} compute_s{tier} wall_compute_s{tier} devices_per_edge
-               devices_per_ring
-               splits{device:[n_dev,n_edge,n_cloud]} samples failures
-    handover   round virtual_time_s device from_edge to_edge
-    migration  round virtual_time_s device from_edge to_edge policy bytes wall_duration_s charged_s ok
-    ring_pass  round virtual_time_s ring device from_edge to_edge bytes wall_duration_s charged_s ok
-    failure    round virtual_time_s kind entity detail
-    replan     round virtual_time_s changed
-    refused    round virtual_time_s counts{port:{reason:n}}   (only when a zmq port refused something)
-    run_end    wall_time_s virtual_time_s final_accuracy rounds
-
-Unknown kinds are ignored. Labels stay bounded (edge, ring, tier, link, direction, policy,
-kind, split); per-device series exist only with ``per_device_labels=True``.
+The orchestrator writes each event to the run's ``events.jsonl`` and hands the same object to
+:meth:`MetricsExporter.observe`, which reads it as its record (orchestrator/event_types.py: the
+fields of every kind are there). Kinds this schema does not know are ignored; an event of a known
+kind the schema refuses is counted in ``tierflow_exporter_bad_events_total``. Labels stay bounded
+(edge, ring, tier, link, direction, policy, kind, split); per-device series exist only with
+``per_device_labels=True``.
 """
 
 from __future__ import annotations
@@ -31,6 +19,7 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 from tierflow.migration.refusals import PORTS, REASONS
+from tierflow.orchestrator import event_types as ev
 from tierflow.orchestrator.errors import TierflowError
 from tierflow.orchestrator.validate import split_host_port
 
@@ -191,15 +180,15 @@ class MetricsExporter:
                 f"{p}device_handovers", "Handovers of one device.", ["device"], registry=r
             )
         self._handlers = {
-            "run_start": self._run_start,
-            "round_end": self._round_end,
-            "handover": self._handover,
-            "migration": self._migration,
-            "ring_pass": self._ring_pass,
-            "failure": self._failure,
-            "replan": self._replan,
-            "refused": self._refused,
-            "run_end": self._run_end,
+            ev.RunStart: self._run_start,
+            ev.RoundEnd: self._round_end,
+            ev.Handover: self._handover,
+            ev.Migration: self._migration,
+            ev.RingPass: self._ring_pass,
+            ev.Failure: self._failure,
+            ev.Replan: self._replan,
+            ev.Refused: self._refused,
+            ev.RunEnd: self._run_end,
         }
 
     # -- serving -----------------------------------------------------------------------------
@@ -246,33 +235,37 @@ class MetricsExporter:
 
     # -- events ------------------------------------------------------------------------------
 
-    def observe(self, event: Mapping) -> None:
-        """Update metrics from one event; unknown kinds are ignored."""
-        kind = event.get("event")
-        handler = self._handlers.get(kind)
-        if handler is None:
+    def observe(self, event: Mapping | ev.EventRecord) -> None:
+        """Update metrics from one event (its record, or the object the log holds); kinds the schema
+        does not know are ignored."""
+        kind = event.kind if isinstance(event, ev.EventRecord) else event.get("event")
+        if not isinstance(kind, str) or kind not in ev.EVENT_TYPES:
             return
         self._last_event = time.monotonic()
         try:
+            e = event if isinstance(event, ev.EventRecord) else ev.parse_event(event, "metrics: event")
+            handler = self._handlers.get(type(e))
+            if handler is None:
+                return
             with self._lock:
-                handler(event)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                handler(e)
+        except (ev.EventError, KeyError, TypeError, ValueError) as exc:
             if self.strict:
                 raise
             self.bad_events.labels(event=kind).inc()
-            log.warning("metrics: ignoring malformed %s event (%r): %s", kind, exc, event)
+            log.warning("metrics: ignoring malformed %s event: %s", kind, exc)
 
-    def _times(self, e: Mapping) -> None:
+    def _times(self, e: ev.Event) -> None:
         # Events from actors may arrive a little out of order; the clocks never run backwards
         # within a run (run_start resets them).
-        if "virtual_time_s" in e:
-            self._virtual_s = max(self._virtual_s, float(e["virtual_time_s"]))
-            self.virtual_time.set(self._virtual_s)
-        if "wall_time_s" in e:
-            self._wall_s = max(self._wall_s, float(e["wall_time_s"]))
+        self._virtual_s = max(self._virtual_s, float(e.virtual_time_s))
+        self.virtual_time.set(self._virtual_s)
+        wall = getattr(e, "wall_time_s", None)
+        if wall is not None:
+            self._wall_s = max(self._wall_s, float(wall))
             self.wall_time.set(self._wall_s)
 
-    def _run_start(self, e: Mapping) -> None:
+    def _run_start(self, e: ev.RunStart) -> None:
         # Gauges describe the current run only; counters keep counting (rate() copes).
         for g, labels in ((self.edge_devices, self._edges), (self.ring_devices, self._rings),
                           (self.placement_devices, self._split_labels)):
@@ -282,16 +275,12 @@ class MetricsExporter:
         if self.per_device_labels:
             self.device_nodes.clear()
             self._device_labels.clear()
-        self.run_info.info({
-            "scenario": str(e["scenario"]),
-            "time_mode": str(e["time_mode"]),
-            "policy": str(e.get("policy", "")),
-        })
-        self.run_devices.set(int(e["devices"]))
+        self.run_info.info({"scenario": e.scenario, "time_mode": e.time_mode, "policy": e.policy})
+        self.run_devices.set(e.devices)
         self.run_running.set(1)
         self.round.set(0)
         self._virtual_s = self._wall_s = 0.0
-        self._edges = {str(x) for x in e.get("edges", ())}
+        self._edges = set(e.edges)
         for edge in self._edges:
             self.edge_devices.labels(edge=edge).set(0)
         # Series that exist from the start at zero, so the first migration or failure is an increase
@@ -310,33 +299,30 @@ class MetricsExporter:
                 self.refused.labels(port=port, reason=reason)
         self._times(e)
 
-    def _round_end(self, e: Mapping) -> None:
-        # Read everything first so a malformed event changes nothing.
-        rnd = int(e["round"])
-        duration = float(e["duration_s"])
-        acc, loss, train_loss = float(e["accuracy"]), float(e["loss"]), float(e["train_loss"])
-        link_bytes = {(str(link), str(d)): int(n) for link, dirs in e["bytes"].items() for d, n in dirs.items()}
-        compute = {str(t): float(s) for t, s in e["compute_s"].items()}
-        per_edge = {str(k): int(v) for k, v in e["devices_per_edge"].items()}
-        per_ring = {str(k): int(v) for k, v in (e.get("devices_per_ring") or {}).items()}
-        splits = {str(d): tuple(int(x) for x in s) for d, s in e["splits"].items()}
-        samples = int(e["samples"])
-
-        self.round.set(rnd)
-        self.round_duration.observe(duration)
-        self.accuracy.set(acc)
-        self.loss.set(loss)
-        self.train_loss.set(train_loss)
-        for (link, direction), n in link_bytes.items():
-            self.link_bytes.labels(link=link, direction=direction).inc(n)
-        for tier, s in compute.items():
+    def _round_end(self, e: ev.RoundEnd) -> None:
+        # Check first so a malformed event changes nothing (the schema has checked the types).
+        splits = {d: tuple(s) for d, s in e.splits.items()}
+        for d, s in splits.items():
+            if len(s) != len(TIERS):
+                raise ValueError(f"round_end: split of {d} has {len(s)} parts, expected {len(TIERS)}")
+        increments = [e.samples, *e.compute_s.values(), *(n for dirs in e.bytes.values() for n in dirs.values())]
+        if any(n < 0 for n in increments):  # a counter only counts up
+            raise ValueError("round_end: a negative count of samples, compute seconds or bytes")
+        self.round.set(e.round)
+        self.round_duration.observe(e.duration_s)
+        self.accuracy.set(e.accuracy)
+        self.loss.set(e.loss)
+        self.train_loss.set(e.train_loss)
+        for link, dirs in e.bytes.items():
+            for direction, n in dirs.items():
+                self.link_bytes.labels(link=link, direction=direction).inc(n)
+        for tier, s in e.compute_s.items():
             self.compute.labels(tier=tier).inc(s)
-        self.samples.inc(samples)
-        self._edges = self._set_all(self.edge_devices, self._edges, per_edge, keep_known=True)
-        self._rings = self._set_all(self.ring_devices, self._rings, per_ring)
+        self.samples.inc(e.samples)
+        self._edges = self._set_all(self.edge_devices, self._edges, e.devices_per_edge, keep_known=True)
+        self._rings = self._set_all(self.ring_devices, self._rings, e.devices_per_ring)
         self._placement(splits)
         self._times(e)
-
     @staticmethod
     def _set_all(gauge: Gauge, known: set[str], values: dict[str, float], keep_known: bool = False) -> set[str]:
         """Set a labelled gauge to ``values``: known edges drop to 0, vanished rings disappear."""
@@ -372,40 +358,35 @@ class MetricsExporter:
                     self.device_nodes.remove(device, tier)
             self._device_labels = set(splits)
 
-    def _handover(self, e: Mapping) -> None:
+    def _handover(self, e: ev.Handover) -> None:
         self.handovers.inc()
         if self.per_device_labels:
-            self.device_handovers.labels(device=str(e["device"])).inc()
+            self.device_handovers.labels(device=e.device).inc()
         self._times(e)
 
-    def _migration(self, e: Mapping) -> None:
-        policy = str(e["policy"])
-        ok = "true" if e["ok"] else "false"
-        n_bytes, duration = int(e["bytes"]), float(e["wall_duration_s"])
-        self.migrations.labels(policy=policy, ok=ok).inc()
-        self.migration_bytes.labels(policy=policy).inc(n_bytes)
-        self.migration_duration.labels(policy=policy).observe(duration)
+    def _migration(self, e: ev.Migration) -> None:
+        ok = "true" if e.ok else "false"
+        self.migrations.labels(policy=e.policy, ok=ok).inc()
+        self.migration_bytes.labels(policy=e.policy).inc(e.bytes)
+        self.migration_duration.labels(policy=e.policy).observe(e.wall_duration_s)
         self._times(e)
 
-    def _ring_pass(self, e: Mapping) -> None:
-        ok = "true" if e["ok"] else "false"
-        n_bytes = int(e["bytes"])
-        self.ring_passes.labels(ok=ok).inc()
-        self.ring_pass_bytes.inc(n_bytes)
+    def _ring_pass(self, e: ev.RingPass) -> None:
+        self.ring_passes.labels(ok="true" if e.ok else "false").inc()
+        self.ring_pass_bytes.inc(e.bytes)
         self._times(e)
 
-    def _failure(self, e: Mapping) -> None:
-        self.failures.labels(kind=str(e["kind"])).inc()
+    def _failure(self, e: ev.Failure) -> None:
+        self.failures.labels(kind=e.failure_kind).inc()
         self._times(e)
 
-    def _replan(self, e: Mapping) -> None:
-        changed = int(e["changed"])
+    def _replan(self, e: ev.Replan) -> None:
         self.replans.inc()
-        self.replan_changes.inc(changed)
+        self.replan_changes.inc(e.changed)
         self._times(e)
 
-    def _refused(self, e: Mapping) -> None:
-        counts = {(str(port), str(reason)): int(n) for port, by in e["counts"].items() for reason, n in by.items()}
+    def _refused(self, e: ev.Refused) -> None:
+        counts = {(port, reason): n for port, by in e.counts.items() for reason, n in by.items()}
         unknown = [k for k, n in counts.items() if k[0] not in PORTS or k[1] not in REASONS or n < 0]
         if unknown:  # labels stay a fixed set
             raise ValueError(f"refused: unknown port/reason or negative count {unknown}")
@@ -413,7 +394,7 @@ class MetricsExporter:
             self.refused.labels(port=port, reason=reason).inc(n)
         self._times(e)
 
-    def _run_end(self, e: Mapping) -> None:
+    def _run_end(self, e: ev.RunEnd) -> None:
         self.run_running.set(0)
-        self.accuracy.set(float(e["final_accuracy"]))
+        self.accuracy.set(e.final_accuracy)
         self._times(e)

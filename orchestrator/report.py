@@ -6,7 +6,6 @@ state and runs headless and in threads.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,13 +13,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from tierflow.orchestrator import event_types as ev
 from tierflow.orchestrator.errors import TierflowError
-from tierflow.orchestrator.files import EVENT_LOG_LIMIT_BYTES, read_text
+from tierflow.orchestrator.events import json_lines
 from tierflow.orchestrator.trajectories import TRAJECTORIES, TrajectoryError, load_trajectories
 
 EVENT_LOG = "events.jsonl"
-ROUND_KEYS = ("round", "wall_time_s", "virtual_time_s", "accuracy", "bytes", "devices_per_edge", "splits")
 DPI = 110
+Logged = tuple[int, ev.Event]  # an event and its line in the log, for error messages
 
 
 class ReportError(TierflowError, ValueError):
@@ -36,19 +36,11 @@ def load_events(path: Path) -> list[dict]:
     if not path.exists():
         raise ReportError(f"{path}: no event log (expected the run's {EVENT_LOG})")
     try:
-        text = read_text(path, "event log", max_bytes=EVENT_LOG_LIMIT_BYTES)
+        lines = json_lines(path)
     except TierflowError as exc:
         raise ReportError(str(exc)) from None
     events = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ReportError(f"{path}:{lineno}: not a JSON event ({exc.msg} at column {exc.colno})") from None
-        except (ValueError, RecursionError) as exc:  # an integer of 5,000 digits, nesting deeper than the stack
-            raise ReportError(f"{path}:{lineno}: not a JSON event ({type(exc).__name__}: {str(exc)[:80]})") from None
+    for lineno, line, event in lines:
         if not isinstance(event, dict) or not isinstance(event.get("event"), str):
             raise ReportError(f"{path}:{lineno}: expected an object with an 'event' name, got {line[:80]!r}")
         event["_line"] = lineno
@@ -62,26 +54,38 @@ def last_run(events: Sequence[dict]) -> list[dict]:
     return list(events[starts[-1]:] if starts else events)
 
 
-def _rounds(events: Sequence[dict], path: Path) -> list[dict]:
-    rounds = [e for e in events if e["event"] == "round_end"]
+def to_records(events: Sequence[dict], path: Path) -> list[Logged]:
+    """``load_events``' objects as records with their lines; kinds the schema does not know are
+    skipped, an event it refuses raises :class:`ReportError` naming the file and line."""
+    out = []
+    for e in events:
+        try:
+            record = ev.parse_known_event(e, f"{path}:{e['_line']}")
+        except TierflowError as exc:
+            raise ReportError(str(exc)) from None
+        if record is not None:
+            out.append((e["_line"], record))
+    return out
+
+
+def load_records(path: Path) -> list[Logged]:
+    """Every event of the log as a record, with its line."""
+    return to_records(load_events(path), Path(path))
+
+
+def _rounds(events: Sequence[Logged], path: Path) -> list[ev.RoundEnd]:
+    rounds = [(line, e) for line, e in events if isinstance(e, ev.RoundEnd)]
     if not rounds:
         raise ReportError(f"{path}: no round_end events, nothing to plot")
-    for e in rounds:
-        for key in ROUND_KEYS:
-            if key not in e:
-                raise ReportError(f"{path}:{e['_line']}: round_end lacks {key!r}")
-        try:
-            for key in ("round", "wall_time_s", "virtual_time_s", "accuracy"):
-                float(e[key])
-            for device, split in e["splits"].items():
-                if len(split) != 3:
-                    raise ValueError(f"split of {device} has {len(split)} parts, expected 3")
-                [int(x) for x in split]
-            for dirs in e["bytes"].values():
-                int(dirs["up"]), int(dirs["down"])
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise ReportError(f"{path}:{e['_line']}: malformed round_end: {exc!r}") from None
-    return sorted(rounds, key=lambda e: e["round"])
+    for line, e in rounds:
+        for device, split in e.splits.items():
+            if len(split) != 3:
+                raise ReportError(f"{path}:{line}: malformed round_end: split of {device} has {len(split)} parts, "
+                                  "expected 3")
+        for link, dirs in e.bytes.items():
+            if not {"up", "down"} <= dirs.keys():
+                raise ReportError(f"{path}:{line}: malformed round_end: bytes of {link} lack 'up' or 'down'")
+    return sorted((e for _, e in rounds), key=lambda e: e.round)
 
 
 def _time_axis(seconds: Sequence[float]) -> tuple[list[float], str]:
@@ -99,25 +103,25 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _accuracy(events: Sequence[dict], rounds: Sequence[dict], title: str, out: Path) -> Path:
+def _accuracy(events: Sequence[ev.Event], rounds: Sequence[ev.RoundEnd], title: str, out: Path) -> Path:
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    acc = [100 * float(e["accuracy"]) for e in rounds]
+    acc = [100 * e.accuracy for e in rounds]
     for ax, key, name in ((axes[0], "virtual_time_s", "virtual time"), (axes[1], "wall_time_s", "wall time")):
-        t, unit = _time_axis([float(e[key]) for e in rounds])
+        t, unit = _time_axis([getattr(e, key) for e in rounds])
         ax.plot(t, acc, marker="o", markersize=3, color="tab:blue", label="accuracy")
         ax.set_xlabel(f"{name} ({unit})")
         ax.grid(alpha=0.3)
         ax.set_ylim(0, 100)
         if key == "virtual_time_s":
             scale = {"s": 1, "min": 60, "h": 3600}[unit]
-            migr = [e for e in events if e["event"] == "migration"]
+            migr = [e for e in events if isinstance(e, ev.Migration)]
             for i, m in enumerate(migr):
-                ax.axvline(float(m["virtual_time_s"]) / scale, color="tab:green" if m.get("ok") else "tab:red",
+                ax.axvline(m.virtual_time_s / scale, color="tab:green" if m.ok else "tab:red",
                            alpha=0.5, linestyle=":", label="migration" if i == 0 else None)
-            fails = [e for e in events if e["event"] == "failure"]
+            fails = [e for e in events if isinstance(e, ev.Failure)]
             if fails:
-                ax.plot([float(f["virtual_time_s"]) / scale for f in fails], [2] * len(fails), "v",
+                ax.plot([f.virtual_time_s / scale for f in fails], [2] * len(fails), "v",
                         color="tab:red", label="failure")
             ax.legend(loc="lower right", fontsize=8)
     axes[0].set_ylabel("accuracy (%)")
@@ -125,15 +129,15 @@ def _accuracy(events: Sequence[dict], rounds: Sequence[dict], title: str, out: P
     return _save(fig, out)
 
 
-def _bytes(rounds: Sequence[dict], title: str, out: Path) -> Path:
+def _bytes(rounds: Sequence[ev.RoundEnd], title: str, out: Path) -> Path:
     fig = Figure(figsize=(8, 4.2), layout="constrained")
     ax = fig.subplots()
-    x = [e["round"] for e in rounds]
+    x = [e.round for e in rounds]
     series: dict[tuple[str, str], list[float]] = {}
     for i, e in enumerate(rounds):
-        for link, dirs in e["bytes"].items():
+        for link, dirs in e.bytes.items():
             for direction in ("up", "down"):
-                series.setdefault((link, direction), [0.0] * len(rounds))[i] = int(dirs[direction]) / 1e6
+                series.setdefault((link, direction), [0.0] * len(rounds))[i] = dirs[direction] / 1e6
     for (link, direction), mb in sorted(series.items()):
         ax.plot(x, mb, marker="o" if direction == "up" else "s", markersize=3,
                 linestyle="-" if direction == "up" else "--", label=f"{link} {direction}")
@@ -146,21 +150,21 @@ def _bytes(rounds: Sequence[dict], title: str, out: Path) -> Path:
     return _save(fig, out)
 
 
-def _devices_per_edge(events: Sequence[dict], rounds: Sequence[dict], title: str, out: Path) -> Path:
-    start = next((e for e in events if e["event"] == "run_start"), None)
-    edges = [str(x) for x in (start or {}).get("edges", [])]
+def _devices_per_edge(events: Sequence[ev.Event], rounds: Sequence[ev.RoundEnd], title: str, out: Path) -> Path:
+    start = next((e for e in events if isinstance(e, ev.RunStart)), None)
+    edges = list(start.edges) if start is not None else []
     for e in rounds:
-        edges += [k for k in e["devices_per_edge"] if k not in edges]
-    x = [e["round"] for e in rounds]
-    ys = [[int(e["devices_per_edge"].get(edge, 0)) for e in rounds] for edge in edges]
+        edges += [k for k in e.devices_per_edge if k not in edges]
+    x = [e.round for e in rounds]
+    ys = [[e.devices_per_edge.get(edge, 0) for e in rounds] for edge in edges]
     fig = Figure(figsize=(8, 4.2), layout="constrained")
     ax = fig.subplots()
     if edges:
         ax.stackplot(x, ys, labels=edges, alpha=0.8, step=None)
         ax.legend(loc="upper left", fontsize=8, ncol=min(4, len(edges)))
-    handovers = [e for e in events if e["event"] == "handover"]
+    handovers = [e for e in events if isinstance(e, ev.Handover)]
     if handovers:
-        ax.plot([h["round"] for h in handovers], [0] * len(handovers), "^", color="black", clip_on=False,
+        ax.plot([h.round for h in handovers], [0] * len(handovers), "^", color="black", clip_on=False,
                 label="handover")
         ax.legend(loc="upper left", fontsize=8, ncol=min(4, len(edges) + 1))
     ax.set_xlabel("round")
@@ -179,14 +183,14 @@ def _cell_edges(x: Sequence[float]) -> list[float]:
     return [x[0] - (mids[0] - x[0])] + mids + [x[-1] + (x[-1] - mids[-1])]
 
 
-def _placement(rounds: Sequence[dict], title: str, out: Path) -> Path:
-    device_nodes = [[int(s[0]) for s in e["splits"].values()] for e in rounds]
+def _placement(rounds: Sequence[ev.RoundEnd], title: str, out: Path) -> Path:
+    device_nodes = [[s[0] for s in e.splits.values()] for e in rounds]
     top = max((max(d) for d in device_nodes if d), default=0)
     grid = [[0] * len(rounds) for _ in range(top + 1)]  # grid[n][round index] = devices with n device nodes
     for i, counts in enumerate(device_nodes):
         for n in counts:
             grid[n][i] += 1
-    x = [e["round"] for e in rounds]
+    x = [e.round for e in rounds]
     fig = Figure(figsize=(8, 4.2), layout="constrained")
     ax = fig.subplots()
     mesh = ax.pcolormesh(_cell_edges(x), [n - 0.5 for n in range(top + 2)], grid, cmap="Blues", shading="flat",
@@ -213,10 +217,11 @@ def render_report(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     """
     run_dir = Path(run_dir)
     log = run_dir / EVENT_LOG
-    events = last_run(load_events(log))
-    rounds = _rounds(events, log)
-    start = next((e for e in events if e["event"] == "run_start"), {})
-    title = str(start.get("scenario") or run_dir.name)
+    logged = to_records(last_run(load_events(log)), log)
+    rounds = _rounds(logged, log)
+    events = [e for _, e in logged]
+    start = next((e for e in events if isinstance(e, ev.RunStart)), None)
+    title = (start.scenario if start is not None else "") or run_dir.name
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     paths = [
@@ -230,16 +235,16 @@ def render_report(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     return paths
 
 
-def _city(path: Path, events: Sequence[dict], start: dict, title: str, out: Path) -> list[Path]:
+def _city(path: Path, events: Sequence[ev.Event], start: ev.RunStart | None, title: str, out: Path) -> list[Path]:
     from tierflow.orchestrator.citymap import animate_city, draw_city
 
     try:
         traj = load_trajectories(path)
     except TrajectoryError as exc:
         raise ReportError(str(exc)) from None
-    if "devices" in start and int(start["devices"]) != len(traj.devices):
+    if start is not None and start.devices != len(traj.devices):
         raise ReportError(f"{path}: recorded {len(traj.devices)} devices, but the event log's run has "
-                          f"{start['devices']}: the file is from another run")
+                          f"{start.devices}: the file is from another run")
     if not len(traj.times_s):
         raise ReportError(f"{path}: no frames recorded")
     return [draw_city(traj, events, title, out / "city.png").path,

@@ -15,6 +15,7 @@ from PIL import Image
 from tierflow.migration.handover import EdgeSite, HandoverDetector
 from tierflow.migration.mobility import RandomWaypoint, StaticMobility
 from tierflow.orchestrator import citymap
+from tierflow.orchestrator import event_types as ev
 from tierflow.orchestrator.citymap import animate_city, draw_city, locate_marks
 from tierflow.orchestrator.report import ReportError, render_report
 from tierflow.orchestrator.trajectories import (
@@ -30,7 +31,7 @@ EDGES = [("north", (500.0, 1000.0), 650.0), ("south", (500.0, 0.0), 650.0),
 
 
 def synthetic_run(run_dir: Path, n_devices: int = 8, rounds: int = 4, checks_per_round: int = 8,
-                  moving: bool = True, seed: int = 1, policy: str = "migrate", **recorder_kw) -> list[dict]:
+                  moving: bool = True, seed: int = 1, policy: str = "migrate", **recorder_kw) -> list[ev.Event]:
     """A run as the round loop records it: random-waypoint devices among four edges, the detector's
     handovers as events (each followed by a migration, one of them failed), and the recorder fed at
     every check. Writes events.jsonl and trajectories.npz; returns the events."""
@@ -45,8 +46,9 @@ def synthetic_run(run_dir: Path, n_devices: int = 8, rounds: int = 4, checks_per
     serving = dict(detector.current)
     rec = TrajectoryRecorder("synthetic-city", devices, EDGES, **recorder_kw)
     rec.record(0, 0.0, mobility.positions(0.0), serving)
-    events = [{"event": "run_start", "wall_time_s": 0.0, "virtual_time_s": 0.0, "scenario": "synthetic-city",
-               "devices": n_devices, "edges": [e[0] for e in EDGES], "policy": policy}]
+    events: list[ev.Event] = [ev.RunStart(wall_time_s=0.0, virtual_time_s=0.0, time_mode="emulated",
+                                          scenario="synthetic-city", devices=n_devices, edges=[e[0] for e in EDGES],
+                                          policy=policy)]
     t = 0.0
     failed_one = False
     for r in range(1, rounds + 1):
@@ -55,28 +57,35 @@ def synthetic_run(run_dir: Path, n_devices: int = 8, rounds: int = 4, checks_per
             pos = mobility.positions(t)
             moves = detector.update(t, pos)
             for h in moves:
-                events.append({"event": "handover", "round": r, "virtual_time_s": 60.0 * (r - 1),
-                               "device": h.device, "from_edge": h.from_edge, "to_edge": h.to_edge})
+                events.append(ev.Handover(round=r, virtual_time_s=60.0 * (r - 1), device=h.device,
+                                          from_edge=h.from_edge, to_edge=h.to_edge))
                 if h.from_edge and h.to_edge:
                     ok = failed_one or policy != "migrate"
                     failed_one = True
-                    events.append({"event": "migration", "round": r, "virtual_time_s": 60.0 * (r - 1),
-                                   "device": h.device, "from_edge": h.from_edge, "to_edge": h.to_edge,
-                                   "policy": policy, "bytes": 1000, "wall_duration_s": 0.01, "ok": ok,
-                                   "charged_s": 0.1})
+                    events.append(ev.Migration(round=r, virtual_time_s=60.0 * (r - 1), device=h.device,
+                                               from_edge=h.from_edge, to_edge=h.to_edge, policy=policy, bytes=1000,
+                                               wall_duration_s=0.01, ok=ok, charged_s=0.1))
                 serving[h.device] = h.to_edge
             rec.record(r, t, pos, serving, moves)
         per_edge = {e[0]: sum(1 for s in serving.values() if s == e[0]) for e in EDGES}
-        events.append({"event": "round_end", "round": r, "wall_time_s": float(r), "virtual_time_s": 60.0 * r,
-                       "accuracy": 0.2 * r, "bytes": {"device-edge": {"up": 10, "down": 10}},
-                       "devices_per_edge": per_edge, "splits": {d: [2, 7, 0] for d in devices}})
+        events.append(ev.RoundEnd(round=r, wall_time_s=float(r), virtual_time_s=60.0 * r, duration_s=60.0,
+                                  accuracy=0.2 * r, loss=1.0, train_loss=1.0,
+                                  bytes={"device-edge": {"up": 10, "down": 10}}, compute_s={}, wall_compute_s={},
+                                  devices_per_edge=per_edge, devices_per_ring={},
+                                  splits={d: [2, 7, 0] for d in devices}, samples=len(devices), failures=0,
+                                  predicted_s=60.0, charged_s=60.0))
     write_event_log(run_dir / "events.jsonl", events)
     rec.save(run_dir)
     return events
 
 
 def kinds(events, kind):
-    return [e for e in events if e["event"] == kind]
+    """The events of one kind, as the objects the log holds."""
+    return [e.to_dict() for e in events if e.kind == kind]
+
+
+def read_log(path: Path) -> list[ev.Event]:
+    return [ev.parse_event(json.loads(x), f"{path}:{i}") for i, x in enumerate(path.read_text().splitlines(), 1)]
 
 
 # ----- the recorder -----
@@ -326,7 +335,7 @@ def test_a_real_run_records_its_city_and_a_resume_keeps_it(ray_session, tmp_path
         assert png.format == "PNG" and png.size[0] >= 900
     with Image.open(whole_dir / "report" / "city.gif") as gif:
         assert gif.n_frames == len(whole.times_s)
-    events = [json.loads(x) for x in (whole_dir / "events.jsonl").read_text().splitlines()]
+    events = read_log(whole_dir / "events.jsonl")
     drawn = draw_city(whole, events, "tiny", tmp_path / "city.png")
     assert drawn.marks["handover"] == summary["handovers"]
     assert drawn.marks["migration"] == summary["migrations"]

@@ -27,17 +27,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tierflow.orchestrator.events as events_module
-import tierflow.orchestrator.report as report_module
 from tierflow.migration.errors import MobilityInputError
 from tierflow.migration.mobility import parse_trace
 from tierflow.orchestrator.cli import main
 from tierflow.orchestrator.clock import build_cost_model
 from tierflow.orchestrator.data import CIFAR_BATCH_LIMIT_BYTES, load_cifar10
 from tierflow.orchestrator.errors import TierflowError
-from tierflow.orchestrator.events import read_events
+from tierflow.orchestrator.events import read_typed_events
 from tierflow.orchestrator.files import TEXT_LIMIT_BYTES
 from tierflow.orchestrator.profiles import load_profile
-from tierflow.orchestrator.report import load_events
+from tierflow.orchestrator.report import load_records
 from tierflow.orchestrator.scenario import load_scenario
 from tierflow.placement.profile import LayerProfile, LayerTiming
 from tierflow.tiers.models import InputShape
@@ -142,11 +141,11 @@ def _good_log() -> bytes:
 
 
 def read_report_log(directory: Path, path: Path):
-    return load_events(path)
+    return load_records(path)
 
 
 def read_compare_log(directory: Path, path: Path):
-    return read_events(path)
+    return read_typed_events(path)
 
 
 READERS = {
@@ -166,8 +165,7 @@ READERS = {
 
 @pytest.fixture(autouse=True)
 def small_event_log_bound(monkeypatch):
-    monkeypatch.setattr(report_module, "EVENT_LOG_LIMIT_BYTES", SMALL_LOG_LIMIT)
-    monkeypatch.setattr(events_module, "EVENT_LOG_LIMIT_BYTES", SMALL_LOG_LIMIT)
+    monkeypatch.setattr(events_module, "EVENT_LOG_LIMIT_BYTES", SMALL_LOG_LIMIT)  # report reads through it too
 
 
 def outcome(name: str, directory: Path, path: Path) -> str:

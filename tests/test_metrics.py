@@ -13,6 +13,7 @@ from event_samples import sample_events
 from prometheus_client.parser import text_string_to_metric_families
 
 from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.event_types import RoundEnd
 from tierflow.orchestrator.metrics import MAX_SPLIT_SERIES, MetricsExporter, split_label
 
 
@@ -33,6 +34,14 @@ def value(samples, name, **labels) -> float:
 
 def names(samples) -> set[str]:
     return {n for n, _ in samples}
+
+
+def one_round(**fields) -> RoundEnd:
+    """A round_end of round 1 with nothing in it but ``fields``."""
+    base = {"round": 1, "wall_time_s": 1.0, "virtual_time_s": 1.0, "duration_s": 1.0, "accuracy": 0.5, "loss": 1.0,
+            "train_loss": 1.0, "bytes": {}, "compute_s": {}, "wall_compute_s": {}, "devices_per_edge": {},
+            "devices_per_ring": {}, "splits": {}, "samples": 1, "failures": 0, "predicted_s": 1.0, "charged_s": 1.0}
+    return RoundEnd(**{**base, **fields})
 
 
 @pytest.fixture
@@ -169,10 +178,7 @@ def test_stop_closes_the_port():
 def test_unknown_events_are_ignored(exporter):
     exporter.observe({"event": "checkpoint_saved", "round": 2, "path": "/x"})
     exporter.observe({"no_event_key": True})
-    exporter.observe({"event": "round_end", "round": 1, "wall_time_s": 1.0, "virtual_time_s": 1.0,
-                      "duration_s": 1.0, "accuracy": 0.5, "loss": 1.0, "train_loss": 1.0,
-                      "bytes": {}, "compute_s": {}, "devices_per_edge": {}, "splits": {}, "samples": 10,
-                      "failures": 0, "future_field": [1, 2]})
+    exporter.observe({**one_round(samples=10).to_dict(), "future_field": [1, 2]})
     got = scrape(exporter)
     assert value(got, "tierflow_round") == 1
     assert not any("checkpoint" in n for n in names(got))
@@ -192,7 +198,7 @@ def test_malformed_event_is_counted_not_raised_unless_strict():
     finally:
         lenient.stop()
     strict = MetricsExporter("127.0.0.1:0", strict=True)
-    with pytest.raises(KeyError):
+    with pytest.raises(TierflowError, match="round_end lacks 'wall_time_s'"):
         strict.observe({"event": "round_end", "round": 1})
 
 
@@ -224,9 +230,7 @@ def test_gauges_follow_the_latest_round_and_reset_on_a_new_run(exporter):
 def test_split_series_are_capped():
     m = MetricsExporter("127.0.0.1:0", strict=True)
     splits = {f"dev-{i}": [i, 200 - i, 0] for i in range(MAX_SPLIT_SERIES + 30)}
-    m.observe({"event": "round_end", "round": 1, "wall_time_s": 1.0, "virtual_time_s": 1.0, "duration_s": 1.0,
-               "accuracy": 0.5, "loss": 1.0, "train_loss": 1.0, "bytes": {}, "compute_s": {},
-               "devices_per_edge": {}, "devices_per_ring": {}, "splits": splits, "samples": 1, "failures": 0})
+    m.observe(one_round(splits=splits).to_dict())
     series = {
         s.labels["split"]: s.value
         for f in m.registry.collect() if f.name == "tierflow_placement_devices" for s in f.samples
