@@ -22,9 +22,8 @@ class EventLog:
         self._fh = open(path, "a", buffering=1)
         self.sinks = list(sinks or [])
 
-    def emit(self, event: EventRecord | Record) -> None:
-        # transition: a dict is still taken, as built by hand, until every emit site builds a record.
-        record = event if isinstance(event, dict) else event.to_dict()
+    def emit(self, event: EventRecord) -> None:
+        record = event.to_dict()
         self._fh.write(json.dumps(record, sort_keys=True) + "\n")
         for sink in self.sinks:
             sink(record)

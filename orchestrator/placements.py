@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import astuple
 
+from tierflow.orchestrator import event_types as ev
 from tierflow.orchestrator.clock import CostModel, tier_speeds
 from tierflow.orchestrator.planning import DevicePlan, Observed, Planner, device_flops_per_step
 from tierflow.orchestrator.round_context import Placement, RoundContext
@@ -135,10 +136,10 @@ class AdaptivePlacement:
                     state.pending_extra_s[d] = self.cost.switch_s(self.switch_from[d], state.splits[d], speeds[d], opt)
             state.counters.switches += len(changed)
             state.counters.replan_saved_s += (decision.before_s - decision.after_s) * sc.aggregation.cloud_every
-        ctx.events.emit({"event": "replan", "round": ctx.round, "virtual_time_s": ctx.sim.virtual_time_s,
-                         "changed": len(decision.changed), "adopted": decision.adopted,
-                         "predicted_before_s": decision.before_s, "predicted_after_s": decision.after_s,
-                         "switch_s": decision.switch_s})
+        ctx.events.emit(ev.Replan(round=ctx.round, virtual_time_s=ctx.sim.virtual_time_s,
+                                  changed=len(decision.changed), adopted=decision.adopted,
+                                  predicted_before_s=decision.before_s, predicted_after_s=decision.after_s,
+                                  switch_s=decision.switch_s))
 
     def export_state(self) -> dict:
         return {"plans": {d: {"edge": p.edge, "period_s": p.period_s} for d, p in self.plans.items()},

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from tierflow.orchestrator import event_types as ev
+
 Counts = dict[str, dict[str, int]]  # port -> reason -> messages
 
 
@@ -47,11 +49,11 @@ class RefusalReporter:
     def __init__(self) -> None:
         self.tally = RefusalTally()
 
-    def report(self, emit: Callable[[dict], None], rnd: int, virtual_time_s: float,
+    def report(self, emit: Callable[[ev.Refused], None], rnd: int, virtual_time_s: float,
                counts_by_actor: Mapping[str, Mapping[str, Mapping[str, int]]]) -> Counts:
         total: Counts = {}
         for name, counts in counts_by_actor.items():
             merge(total, self.tally.increments(name, counts))
         if total:
-            emit({"event": "refused", "round": rnd, "virtual_time_s": virtual_time_s, "counts": total})
+            emit(ev.Refused(round=rnd, virtual_time_s=virtual_time_s, counts=total))
         return total

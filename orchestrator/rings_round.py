@@ -84,6 +84,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tierflow.orchestrator import event_types as ev
 from tierflow.orchestrator.clock import session_move_s, tier_speeds
 from tierflow.orchestrator.fleet import CLOUD, CarriedStage, SessionMove, Shared, StageOpening
 from tierflow.orchestrator.handover_policies import MoveResult
@@ -378,10 +379,10 @@ class RingRounds:
                                server_time_s=lambda d, key: self.server_s(ctx, d, key))
         formed = tuple((r.members, r.key) for r in plan.rings)
         if plan.reformed:
-            ctx.events.emit({"event": "rings_formed", "round": ctx.round, "virtual_time_s": ctx.sim.virtual_time_s,
-                           "rings": {r.ring_id: list(r.members) for r in plan.rings},
-                           "splits": {r.ring_id: r.key.counts() for r in plan.rings},
-                           "edges": {d: edge_of[d] for d in devices}, "left_out": list(plan.left_out)})
+            ctx.events.emit(ev.RingsFormed(round=ctx.round, virtual_time_s=ctx.sim.virtual_time_s,
+                                           rings={r.ring_id: list(r.members) for r in plan.rings},
+                                           splits={r.ring_id: r.key.counts() for r in plan.rings},
+                                           edges={d: edge_of[d] for d in devices}, left_out=list(plan.left_out)))
         for r in plan.rings:
             for m in r.members:
                 ctx.state.splits[m] = r.key
@@ -463,15 +464,15 @@ class RingRounds:
             ctx.state.global_state = ring_average(models)
         self._push(ctx, ctx.state.global_state)
         virtual = max([*(x.clock_s for x in runs.values()), *busy.values(), 0.0])
-        ctx.events.emit({"event": "ring_round", "round": ctx.round, "virtual_time_s": ctx.sim.virtual_time_s,
-                       "interval_s": plan.interval_s, "hops": {x.rid: x.ring.hops for x in runs.values()},
-                       "first": {x.rid: x.ring.member(0) for x in runs.values()},
-                       "trained_hops": {x.rid: x.trained_hops for x in runs.values()},
-                       "samples": {x.rid: x.samples for x in runs.values()},
-                       "ring_s": {x.rid: x.clock_s for x in runs.values()},
-                       "predicted_s": {x.rid: x.ring.predicted_s for x in runs.values()},
-                       "dropped": {x.rid: x.dropped for x in runs.values() if x.dropped},
-                       "left_out": list(plan.left_out)})
+        ctx.events.emit(ev.RingRound(round=ctx.round, virtual_time_s=ctx.sim.virtual_time_s,
+                                     interval_s=plan.interval_s, hops={x.rid: x.ring.hops for x in runs.values()},
+                                     first={x.rid: x.ring.member(0) for x in runs.values()},
+                                     trained_hops={x.rid: x.trained_hops for x in runs.values()},
+                                     samples={x.rid: x.samples for x in runs.values()},
+                                     ring_s={x.rid: x.clock_s for x in runs.values()},
+                                     predicted_s={x.rid: x.ring.predicted_s for x in runs.values()},
+                                     dropped={x.rid: x.dropped for x in runs.values() if x.dropped},
+                                     left_out=list(plan.left_out)))
         return RoundResult(reports, virtual, predicted, {r.ring_id: list(r.members) for r in plan.rings}, compute)
 
     def _hop_now_s(self, ctx: RoundContext, x: _RingRun, member: str) -> float:
@@ -519,12 +520,12 @@ class RingRounds:
             outs = ctx.fleet.migrate_many([SessionMove(x.rid, src, dst) for _, x, src, dst in wave])
             for (m, x, src, dst), out in zip(wave, outs, strict=True):
                 charged = self.pass_s_between(ctx, src, dst, x.ring.key) if out.ok else 0.0
-                ctx.events.emit({"event": "ring_pass", "round": ctx.round, "virtual_time_s": ctx.sim.virtual_time_s,
-                               "ring": x.rid, "device": m, "from_edge": src, "to_edge": dst, "bytes": out.bytes_,
-                               "wall_duration_s": out.duration_s, "ok": out.ok, "charged_s": charged})
+                ctx.events.emit(ev.RingPass(round=ctx.round, virtual_time_s=ctx.sim.virtual_time_s, ring=x.rid,
+                                            device=m, from_edge=src, to_edge=dst, bytes=out.bytes_,
+                                            wall_duration_s=out.duration_s, ok=out.ok, charged_s=charged))
                 if not out.ok:
-                    ctx.events.emit({"event": "failure", "round": ctx.round, "virtual_time_s": ctx.sim.virtual_time_s,
-                                   "kind": "ring_pass", "entity": dst, "detail": f"{x.rid}: {out.error}"})
+                    ctx.events.emit(ev.Failure(round=ctx.round, virtual_time_s=ctx.sim.virtual_time_s,
+                                               failure_kind="ring_pass", entity=dst, detail=f"{x.rid}: {out.error}"))
                     x.stopped = True  # its session is intact at src: the ring's work so far counts
                     del turn[m]
                     continue

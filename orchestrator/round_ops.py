@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 
 from tierflow.migration.handover import Handover
+from tierflow.orchestrator import event_types as ev
 from tierflow.orchestrator.clock import CostModel, session_move_s, tier_speeds
 from tierflow.orchestrator.events import EventLog
 from tierflow.orchestrator.fleet import CLOUD, Fleet, SessionMove, StageOpening, TrainJob
@@ -34,7 +35,7 @@ class RoundOps:
         self.weights = {d.name: float(len(s)) for d, s in zip(scenario.devices, world.shards, strict=True)}
         self.events: EventLog | None = None  # set when the run opens its log
 
-    def emit(self, event: dict) -> None:
+    def emit(self, event: ev.EventRecord) -> None:
         self.events.emit(event)
 
     def stamp(self) -> dict:
@@ -73,7 +74,7 @@ class RoundOps:
 
     def fail_device(self, device_id: str, why: str) -> None:
         self.state.round_failures += 1
-        self.emit({"event": "failure", **self.stamp(), "kind": "device", "entity": device_id, "detail": why})
+        self.emit(ev.Failure(**self.stamp(), failure_kind="device", entity=device_id, detail=why))
 
     def recover_hosts(self) -> None:
         """Give a device host that is back (restarted by Ray, or late) its devices again, from the
@@ -84,7 +85,7 @@ class RoundOps:
             mine = [d for d, hh in sorted(self.fleet.host_of.items()) if hh == h]
             self.fleet.rejoin_host(h, self.setups_for(h),
                                    {d: (self.state.splits[d], self.state.last_pushed[d]) for d in mine})
-            self.emit({"event": "rejoin", **self.stamp(), "entity": f"host{h}", "devices": mine})
+            self.emit(ev.Rejoin(**self.stamp(), entity=f"host{h}", devices=mine))
 
     # ----- a synchronous period -----
     def run_period(self, virtual_before_s: float) -> tuple[list[TrainReport], dict[str, float]]:
@@ -134,23 +135,19 @@ class RoundOps:
     def note_handover(self, h: Handover) -> None:
         """A device changed edge (or left coverage): counted, logged, and where it is connected now."""
         self.state.counters.handovers += 1
-        self.emit({"event": "handover", **self.stamp(), "device": h.device, "from_edge": h.from_edge,
-                   "to_edge": h.to_edge})
+        self.emit(ev.Handover(**self.stamp(), device=h.device, from_edge=h.from_edge, to_edge=h.to_edge))
         self.sim.edge_of[h.device] = h.to_edge
 
     def note_move(self, device_id: str, src: str, dst: str, result: MoveResult, ring: str | None = None) -> None:
         """A session moved by the handover policy (a device's own, or ``ring``'s): event and counters."""
-        event = {"event": "migration", **self.stamp(), "device": device_id, "from_edge": src, "to_edge": dst,
-                 "policy": self.handover.name, "bytes": result.bytes_, "wall_duration_s": result.duration_s,
-                 "ok": result.ok, "charged_s": result.virtual_s}
-        if ring is not None:
-            event["ring"] = ring
-        self.emit(event)
+        self.emit(ev.Migration(**self.stamp(), device=device_id, from_edge=src, to_edge=dst, policy=self.handover.name,
+                               bytes=result.bytes_, wall_duration_s=result.duration_s, ok=result.ok,
+                               charged_s=result.virtual_s, ring=ring))
         c = self.state.counters
         if not result.ok:
             c.failed_migrations += 1
-            self.emit({"event": "failure", **self.stamp(), "kind": "migration", "entity": dst,
-                       "detail": f"{ring or device_id}: {result.error}"})
+            self.emit(ev.Failure(**self.stamp(), failure_kind="migration", entity=dst,
+                                 detail=f"{ring or device_id}: {result.error}"))
         elif result.restarted:
             c.restarts += 1
         else:
@@ -208,8 +205,7 @@ class RoundOps:
         sessions restored from the model they were last given (the last aggregation boundary), and
         start their period over. Returns the devices that re-homed."""
         for name in self.fleet.drop_dead_edges():
-            self.emit({"event": "failure", **self.stamp(), "kind": "edge", "entity": name,
-                       "detail": "edge actor is gone"})
+            self.emit(ev.Failure(**self.stamp(), failure_kind="edge", entity=name, detail="edge actor is gone"))
         alive = set(self.fleet.edges)
         rehomed = set()
         state = self.state
@@ -222,7 +218,7 @@ class RoundOps:
                 self.fleet.open([self.opening(d)], state.last_pushed[d])
             remaining[d] = self.scenario.training.local_steps
             rehomed.add(d)
-            self.emit({"event": "rehome", **self.stamp(), "device": d, "from_edge": edge, "to_edge": new})
+            self.emit(ev.Rehome(**self.stamp(), device=d, from_edge=edge, to_edge=new))
         if rehomed:
             # A device served by the cloud is out of every live edge's coverage: the detector sees
             # it as unattached and hands it over (a migration from the cloud) once an edge covers it.
@@ -266,8 +262,8 @@ class RoundOps:
         """Devices whose update may be aggregated; a non-finite one is a failure, logged by id."""
         for r in reports:
             if not r.finite:
-                self.emit({"event": "failure", **self.stamp(), "kind": "poisoned_update", "entity": r.device_id,
-                           "detail": "non-finite loss or weights; update left out of aggregation"})
+                self.emit(ev.Failure(**self.stamp(), failure_kind="poisoned_update", entity=r.device_id,
+                                     detail="non-finite loss or weights; update left out of aggregation"))
         return {r.device_id for r in reports if r.finite}
 
     # ----- the clock -----

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from tierflow.orchestrator import event_types as ev
 from tierflow.orchestrator.clock import CostModel
 from tierflow.orchestrator.rounds import RoundResult
 from tierflow.orchestrator.run_state import LINKS, RunState, State, zero_bytes
@@ -11,7 +12,8 @@ from tierflow.orchestrator.scenario import CLOUD_EDGE, Scenario
 
 
 def round_end_event(scenario: Scenario, cost: CostModel, state: RunState, result: RoundResult,
-                    accuracy: float, loss: float, wall_s: float, duration_s: float, virtual_time_s: float) -> dict:
+                    accuracy: float, loss: float, wall_s: float, duration_s: float, virtual_time_s: float
+                    ) -> ev.RoundEnd:
     """The round's figures (and, as a side effect, the bytes added to ``state.bytes_total``)."""
     reports = result.reports
     bytes_round = zero_bytes()
@@ -39,17 +41,15 @@ def round_end_event(scenario: Scenario, cost: CostModel, state: RunState, result
     for link in LINKS:
         for direction in ("up", "down"):
             state.bytes_total[link][direction] += bytes_round[link][direction]
-    return {
-        "event": "round_end", "round": state.round, "wall_time_s": wall_s, "virtual_time_s": virtual_time_s,
-        "duration_s": duration_s, "accuracy": accuracy, "loss": loss,
-        "train_loss": loss_sum / max(finite_samples, 1), "bytes": bytes_round,
-        "compute_s": dict(zip(wall_compute, result.compute_s, strict=True)), "wall_compute_s": wall_compute,
-        "devices_per_edge": devices_per_edge(scenario, state.session_at),
-        "devices_per_ring": {r: len(m) for r, m in (result.rings or {}).items()},
-        "splits": {d: state.splits[d].counts() + [0] * (3 - state.splits[d].n_tiers) for d in sorted(state.splits)},
-        "samples": samples, "failures": sum(1 for r in reports if not r.finite) + state.round_failures,
-        "predicted_s": result.predicted_s, "charged_s": duration_s,
-    }
+    return ev.RoundEnd(
+        round=state.round, wall_time_s=wall_s, virtual_time_s=virtual_time_s, duration_s=duration_s,
+        accuracy=accuracy, loss=loss, train_loss=loss_sum / max(finite_samples, 1), bytes=bytes_round,
+        compute_s=dict(zip(wall_compute, result.compute_s, strict=True)), wall_compute_s=wall_compute,
+        devices_per_edge=devices_per_edge(scenario, state.session_at),
+        devices_per_ring={r: len(m) for r, m in (result.rings or {}).items()},
+        splits={d: state.splits[d].counts() + [0] * (3 - state.splits[d].n_tiers) for d in sorted(state.splits)},
+        samples=samples, failures=sum(1 for r in reports if not r.finite) + state.round_failures,
+        predicted_s=result.predicted_s, charged_s=duration_s)
 
 
 def devices_per_edge(scenario: Scenario, session_at: Mapping[str, str | None]) -> dict[str, int]:

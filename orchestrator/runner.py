@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from tierflow.orchestrator import event_types as ev
 from tierflow.orchestrator.aggregation import AGGREGATIONS
 from tierflow.orchestrator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, scenario_fingerprint
 from tierflow.orchestrator.clock import build_cost_model
@@ -198,12 +199,11 @@ class Orchestrator:
         if self.resume_from is not None:
             self.restore(self.resume_from)
             first = self.resume_from.round + 1
-            log.emit({"event": "run_resumed", "round": self.resume_from.round, "wall_time_s": self.wall_before_s,
-                      "virtual_time_s": sim.virtual_time_s})
+            log.emit(ev.RunResumed(round=self.resume_from.round, wall_time_s=self.wall_before_s,
+                                   virtual_time_s=sim.virtual_time_s))
         else:
-            log.emit({"event": "run_start", "wall_time_s": 0.0, "virtual_time_s": 0.0,
-                      "time_mode": sc.execution.time, "scenario": sc.name, "devices": len(sc.devices),
-                      "edges": [e.name for e in sc.edges], "policy": self.policy_name()})
+            log.emit(ev.RunStart(wall_time_s=0.0, virtual_time_s=0.0, time_mode=sc.execution.time, scenario=sc.name,
+                                 devices=len(sc.devices), edges=[e.name for e in sc.edges], policy=self.policy_name()))
         t_start -= self.wall_before_s  # wall times in events count the interrupted part too
         accuracy, loss = self.evaluate()
         t_loop = time.perf_counter()
@@ -227,15 +227,15 @@ class Orchestrator:
             self.placement.after_round(ctx, result.reports)  # after the event, which reports the splits trained
             if st.time_to_target is None and accuracy >= sc.training.target_accuracy:
                 st.time_to_target = {"virtual_time_s": sim.virtual_time_s, "wall_time_s": now - t_start, "round": rnd}
-            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}", train_loss=f"{event['train_loss']:.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}", train_loss=f"{event.train_loss:.3f}")
             self.save_checkpoint(log, time.perf_counter() - t_start)
             bar.update(1)
         bar.close()
         loop_s = time.perf_counter() - t_loop
         wall = time.perf_counter() - t_start
         summary = self.summary(accuracy, loss, wall, loop_s)
-        log.emit({"event": "run_end", "wall_time_s": wall, "virtual_time_s": sim.virtual_time_s,
-                  "final_accuracy": accuracy, "rounds": sc.training.rounds})
+        log.emit(ev.RunEnd(wall_time_s=wall, virtual_time_s=sim.virtual_time_s, final_accuracy=accuracy,
+                           rounds=sc.training.rounds))
         write_final_model(out, st.global_state)  # model.safetensors (no pickle) and model.pt
         sim.trajectories.save(out)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
