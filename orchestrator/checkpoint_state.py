@@ -144,6 +144,7 @@ STATE = Fields({
     "observed": MapOf(Pair(TEXT, ListOf(NUMBER, length=4))),
     "profile_digest": Nullable(TEXT),
     "round_policy": ANY_MAP,
+    "cohort": Nullable(ListOf(TEXT)),
 })
 DOCUMENT = Fields({"state": STATE, "devices": MapOf(ANY_MAP), "sessions": MapOf(MapOf(ANY_MAP))})
 

@@ -97,6 +97,7 @@ class RoundEnd(EventRecord):
     failures: int
     predicted_s: float
     charged_s: float
+    cohort: int | None = _optional()  # devices sampled to train this round (training.devices_per_round)
 
 
 @dataclass(frozen=True)

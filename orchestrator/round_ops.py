@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from tierflow.migration.handover import Handover
 from tierflow.orchestrator import event_types as ev
 from tierflow.orchestrator.clock import CostModel, session_move_s, tier_speeds
+from tierflow.orchestrator.cohort import draw_cohort
 from tierflow.orchestrator.events import EventLog
 from tierflow.orchestrator.fleet import CLOUD, Fleet, SessionMove, StageOpening, TrainJob
 from tierflow.orchestrator.handover_policies import HandoverPolicy, MoveResult
@@ -57,8 +58,18 @@ class RoundOps:
         return StageOpening(device_id, self.state.splits[device_id], self.state.session_at[device_id],
                             self.weights[device_id], optimizer_state)
 
-    def available(self, device_id: str) -> bool:
+    def connected(self, device_id: str) -> bool:
         return self.sim.edge_of[device_id] is not None and self.fleet.is_hosted(device_id)
+
+    def available(self, device_id: str) -> bool:
+        """The device can train now and is in the round's cohort."""
+        cohort = self.state.cohort
+        return self.connected(device_id) and (cohort is None or device_id in cohort)
+
+    def draw_cohort(self, round_: int) -> None:
+        """The cohort of ``round_``, among the devices connected now."""
+        tr = self.scenario.training
+        self.state.cohort = draw_cohort(tr.devices_per_round, tr.seed, round_, filter(self.connected, self.devices))
 
     def train_segment(self, steps: Mapping[str, int], session_ids: Mapping[str, str] | None = None
                       ) -> tuple[list[TrainReport], dict[str, str]]:

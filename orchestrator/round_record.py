@@ -49,7 +49,8 @@ def round_end_event(scenario: Scenario, cost: CostModel, state: RunState, result
         devices_per_ring={r: len(m) for r, m in (result.rings or {}).items()},
         splits={d: state.splits[d].counts() + [0] * (3 - state.splits[d].n_tiers) for d in sorted(state.splits)},
         samples=samples, failures=sum(1 for r in reports if not r.finite) + state.round_failures,
-        predicted_s=result.predicted_s, charged_s=duration_s)
+        predicted_s=result.predicted_s, charged_s=duration_s,
+        cohort=None if state.cohort is None else len(state.cohort))
 
 
 def devices_per_edge(scenario: Scenario, session_at: Mapping[str, str | None]) -> dict[str, int]:

@@ -45,6 +45,7 @@ class RunCheckpoint:
     measured_flops: dict[str, float]
     profile_digest: str | None
     round_policy: dict[str, Any]
+    cohort: list[str] | None  # the next round's devices (training.devices_per_round); None: all
 
     def to_json(self) -> dict:
         doc = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -58,6 +58,7 @@ class RunState:
     pending_extra_s: dict[str, float] = field(default_factory=dict)  # charged in a device's next period
     bytes_total: dict[str, dict[str, int]] = field(default_factory=zero_bytes)
     time_to_target: dict[str, float] | None = None
+    cohort: frozenset[str] | None = None  # the devices this round trains (training.devices_per_round); None: all
 
 
 def split_to_json(key: SplitKey) -> dict:

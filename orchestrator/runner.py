@@ -111,7 +111,8 @@ class Orchestrator:
             session_at=st.session_at, splits=st.splits, pending_extra_s=st.pending_extra_s,
             edges=list(self.fleet.edges), lost_hosts=sorted(self.fleet.lost_hosts),
             **self.placement.export_state(),
-            profile_digest=profile_digest(self.profile), round_policy=self.round_policy.export_state())
+            profile_digest=profile_digest(self.profile), round_policy=self.round_policy.export_state(),
+            cohort=None if st.cohort is None else sorted(st.cohort))
         save_checkpoint(self.options.out_dir,
                         Checkpoint(doc.to_json(), st.global_state, snapshot.devices, snapshot.sessions))
 
@@ -128,6 +129,7 @@ class Orchestrator:
         st.last_pushed = dict.fromkeys(self.ops.devices, st.global_state)
         st.splits, st.session_at = dict(doc.splits), dict(doc.session_at)
         st.pending_extra_s = {d: float(v) for d, v in doc.pending_extra_s.items()}
+        st.cohort = None if doc.cohort is None else frozenset(doc.cohort)
         self.placement.import_state(ckpt.state, st.splits)
         self.round_policy.import_state(doc.round_policy)
         self.sim.trajectories.resume(self.options.out_dir, doc.round)
@@ -204,6 +206,8 @@ class Orchestrator:
         else:
             log.emit(ev.RunStart(wall_time_s=0.0, virtual_time_s=0.0, time_mode=sc.execution.time, scenario=sc.name,
                                  devices=len(sc.devices), edges=[e.name for e in sc.edges], policy=self.policy_name()))
+        if self.resume_from is None:
+            self.ops.draw_cohort(first)
         t_start -= self.wall_before_s  # wall times in events count the interrupted part too
         accuracy, loss = self.evaluate()
         t_loop = time.perf_counter()
@@ -224,6 +228,7 @@ class Orchestrator:
             log.emit(event)
             self.refusals.report(log.emit, rnd, sim.virtual_time_s,
                                  self.fleet.refused_counts(self.refusals.timeout_s))
+            self.ops.draw_cohort(rnd + 1)  # before re-planning, which plans the next round's cohort
             self.placement.after_round(ctx, result.reports)  # after the event, which reports the splits trained
             if st.time_to_target is None and accuracy >= sc.training.target_accuracy:
                 st.time_to_target = {"virtual_time_s": sim.virtual_time_s, "wall_time_s": now - t_start, "round": rnd}

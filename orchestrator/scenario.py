@@ -83,6 +83,7 @@ class TrainingSpec:
     optimizer: OptimizerSpec
     seed: int = 0
     target_accuracy: float = 0.9
+    devices_per_round: int | float | None = None  # a count, or a share of the available devices; None: all
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,7 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path("."), seed: int
         optimizer=optimizer,
         seed=seed,
         target_accuracy=tr.number("target_accuracy", 0.9, minimum=0.0, maximum=1.0),
+        devices_per_round=_devices_per_round(tr, len(devices)),
     )
     tr.reject_unknown()
 
@@ -478,3 +480,20 @@ def _resources(f: Fields, base_dir: Path, devices: list[str], edges: list[str]) 
         wf.reject_unknown()
     f.reject_unknown()
     return ResourcesSpec(rows, trace_path, availability, walk)
+
+
+def _devices_per_round(tr, n_devices: int) -> int | float | None:
+    """``training.devices_per_round``: a whole number of devices, or a fraction of those available."""
+    value = tr.get("devices_per_round", None)
+    expected = f"a whole number of devices from 1 to {n_devices}, or a fraction in (0, 1]"
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        tr.fail("devices_per_round", expected, value)
+    if isinstance(value, int):
+        if not 1 <= value <= n_devices:
+            tr.fail("devices_per_round", expected, value)
+        return value
+    if not 0.0 < value <= 1.0:
+        tr.fail("devices_per_round", expected, value)
+    return float(value)

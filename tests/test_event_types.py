@@ -97,7 +97,7 @@ def test_a_missing_field_is_refused_by_name(event, key, optional):
     d = event.to_dict()
     d.pop(key, None)
     if optional:
-        assert ev.parse_event(d, "log:3") == dataclasses.replace(event, ring=None)
+        assert ev.parse_event(d, "log:3") == dataclasses.replace(event, **{key: None})
         return
     with pytest.raises(ev.EventError, match=rf"^log:3: {event.kind} lacks '{key}' \(expected ") as err:
         ev.parse_event(d, "log:3")
