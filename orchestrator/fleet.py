@@ -399,6 +399,20 @@ class Fleet:
                 continue
         return out
 
+    def peak_rss_bytes(self, timeout_s: float) -> dict[str, int]:
+        """Each answering actor's peak resident memory, named as in :meth:`actor_nodes`."""
+        named = {"cloud": self.cloud, **{f"edge:{n}": a for n, a in self.edges.items()},
+                 **{f"devices:{i}": a for i, a in enumerate(self.hosts) if i not in self.lost_hosts}}
+        refs = {actor.peak_rss_bytes.remote(): name for name, actor in named.items()}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        out = {}
+        for ref in ready:
+            try:
+                out[refs[ref]] = ray.get(ref)
+            except ray.exceptions.RayError:  # an actor lost at the end: nothing to report for it
+                continue
+        return dict(sorted(out.items()))
+
     # ----- checkpoints -----
     def snapshot(self) -> ActorsSnapshot:
         hosts = [h for h in range(self.n_hosts) if h not in self.lost_hosts]

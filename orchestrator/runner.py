@@ -42,6 +42,7 @@ from tierflow.orchestrator.scenario import CLOUD_EDGE, Scenario
 from tierflow.orchestrator.simulation import Simulation
 from tierflow.orchestrator.world import World, build_world
 from tierflow.placement.profile import LayerProfile
+from tierflow.tiers.memory import peak_rss_bytes
 from tierflow.tiers.models import build_model
 
 
@@ -239,6 +240,7 @@ class Orchestrator:
         loop_s = time.perf_counter() - t_loop
         wall = time.perf_counter() - t_start
         summary = self.summary(accuracy, loss, wall, loop_s)
+        summary["peak_rss_mb"] = peak_memory_mb(self.fleet.peak_rss_bytes(timeout_s=10.0))
         log.emit(ev.RunEnd(wall_time_s=wall, virtual_time_s=sim.virtual_time_s, final_accuracy=accuracy,
                            rounds=sc.training.rounds))
         write_final_model(out, st.global_state)  # model.safetensors (no pickle) and model.pt
@@ -289,6 +291,11 @@ class Orchestrator:
     def policy_name(self) -> str:
         p = self.scenario.policy
         return f"{p.placement}+rings={p.rings}+{p.handover}+{self.aggregation.name}"
+
+
+def peak_memory_mb(actors: dict[str, int]) -> dict[str, float]:
+    """The driver's and each actor's peak resident memory in MiB (what a bigger scenario would need)."""
+    return {name: round(b / 2**20, 1) for name, b in {"driver": peak_rss_bytes(), **actors}.items()}
 
 
 def run_scenario(scenario: Scenario, options: RunOptions) -> dict:

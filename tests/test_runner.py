@@ -112,6 +112,10 @@ def test_quickstart_reaches_target_accuracy(ray_session, tmp_path):
         assert key in saved
     assert saved["bytes_up"]["device-edge"] > 0 and saved["bytes_down"]["device-edge"] > 0
     assert saved["bytes_up"]["edge-cloud"] > 0  # phone-0 runs a 3-tier split
+    # Peak memory of the driver and of every actor, each a process that has imported torch (> 50 MiB).
+    assert set(saved["peak_rss_mb"]) == {"driver", "cloud", *(f"edge:{e.name}" for e in scenario.edges),
+                                         *(f"devices:{i}" for i in range(scenario.execution.device_hosts))}
+    assert all(50 < mb < 8192 for mb in saved["peak_rss_mb"].values()), saved["peak_rss_mb"]
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     rounds = [e for e in events if e["event"] == "round_end"]
     assert len(rounds) == scenario.training.rounds

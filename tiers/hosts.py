@@ -17,6 +17,7 @@ import torch
 from tierflow.migration.outcome import MigrationOutcome
 from tierflow.tiers.aggregate import WeightedSum
 from tierflow.tiers.dataplane import DataPlaneClient, DataPlaneServer
+from tierflow.tiers.memory import ReportsPeakMemory
 from tierflow.tiers.models import InputShape
 from tierflow.tiers.optim import OptimizerSpec
 from tierflow.tiers.session import (
@@ -134,7 +135,7 @@ class LogicalDevice:
     stats: dict = field(default_factory=dict)
 
 
-class DeviceHost:
+class DeviceHost(ReportsPeakMemory):
     """Hosts many logical devices in one process; trains each against its edge server."""
 
     def __init__(self, host_id: str, model_name: str, shape: InputShape, optimizer: OptimizerSpec,
@@ -286,7 +287,7 @@ class DeviceHost:
         return out
 
 
-class SessionHost:
+class SessionHost(ReportsPeakMemory):
     """Common to edge and cloud: sessions keyed by device, loading weights, partial sums."""
 
     tier: int = 1
