@@ -23,6 +23,8 @@ test: venv
 	$(BIN)/pytest -q
 
 bench: venv
+	$(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/flower_peer.py
 	$(BIN)/python benchmarks/split_overhead.py
 	$(BIN)/python benchmarks/placement.py
 	$(BIN)/python benchmarks/plan_scale.py

@@ -142,7 +142,11 @@ class Fleet:
 
     # ----- life -----
     def start(self, setups: Sequence[Sequence[DeviceSetup]]) -> None:
-        """Start every actor, their data planes and migration receivers, and give each host its devices."""
+        """Start every actor, their data planes and migration receivers, and give each host its devices.
+
+        Every call is sent before any is awaited, and one ``ray.get`` waits for them all: the actors'
+        processes start and import torch side by side, and a call that needs another actor's answer
+        (an edge's cloud endpoint) takes it as an object ref, which Ray resolves before running it."""
         sc = self.scenario
         opt, model, timeout = sc.training.optimizer, sc.model.name, sc.policy.step_timeout_s
         self.cloud = CloudActor.options(**actor_options("cloud")).remote(
@@ -154,15 +158,22 @@ class Fleet:
         self.hosts = [DeviceHostActor.options(**actor_options("device", max_restarts=DEVICE_HOST_RESTARTS)).remote(
             f"host{i}", model, self.shape, opt, 1, self.token, timeout) for i in range(self.n_hosts)]
         self.bind = dataplane_host()
-        self.cloud_endpoint = ray.get(self.cloud.start_dataplane.remote(self.bind))
-        for name, actor in edges.items():
-            self._wire_edge(name, actor)
-        ray.get([host.add_devices.remote(list(setups[h])) for h, host in enumerate(self.hosts)])
+        cloud_endpoint = self.cloud.start_dataplane.remote(self.bind)
+        wiring = [self._wire_edge_calls(actor, cloud_endpoint) for actor in edges.values()]
+        added = [host.add_devices.remote(list(setups[h])) for h, host in enumerate(self.hosts)]
+        got = ray.get([cloud_endpoint, *(c for calls in wiring for c in calls), *added])
+        self.cloud_endpoint = got[0]
+        for k, (name, actor) in enumerate(edges.items()):
+            endpoint, _, receiver = got[1 + 3 * k:4 + 3 * k]
+            self.edges[name], self.endpoints[name], self.receivers[name] = actor, endpoint, receiver
+
+    def _wire_edge_calls(self, actor, cloud_endpoint) -> list:
+        """An edge's data plane, its link to the cloud's and its migration receiver: three calls in flight."""
+        return [actor.start_dataplane.remote(self.bind), actor.set_cloud_endpoint.remote(cloud_endpoint),
+                actor.start_migration_receiver.remote(self.migration_key, self.bind)]
 
     def _wire_edge(self, name: str, actor) -> None:
-        endpoint, _, receiver = ray.get([actor.start_dataplane.remote(self.bind),
-                                         actor.set_cloud_endpoint.remote(self.cloud_endpoint),
-                                         actor.start_migration_receiver.remote(self.migration_key, self.bind)])
+        endpoint, _, receiver = ray.get(self._wire_edge_calls(actor, self.cloud_endpoint))
         self.edges[name], self.endpoints[name], self.receivers[name] = actor, endpoint, receiver
 
     def ensure_cloud_edge(self) -> str:

@@ -40,6 +40,7 @@ from tierflow.orchestrator.run_dir import EVENTS, EventsDigest, claim_run_dir
 from tierflow.orchestrator.run_state import RunState
 from tierflow.orchestrator.scenario import CLOUD_EDGE, Scenario
 from tierflow.orchestrator.simulation import Simulation
+from tierflow.orchestrator.startup import StartupTimes
 from tierflow.orchestrator.world import World, build_world
 from tierflow.placement.profile import LayerProfile
 from tierflow.tiers.memory import peak_rss_bytes
@@ -61,6 +62,8 @@ class RunOptions:
 
 class Orchestrator:
     def __init__(self, scenario: Scenario, options: RunOptions, fleet_class: type[Fleet] = Fleet):
+        self.startup = StartupTimes()  # summary.json's "startup": where the wait before round 1 went
+        self.startup.begin()
         self.scenario = scenario
         self.options = options
         self.world: World = build_world(scenario)
@@ -84,9 +87,11 @@ class Orchestrator:
         self.refusals = RefusalReporter()  # what the actors' zmq ports refused, to the metrics each round
         self.wall_before_s = 0.0  # wall seconds run before a resume
         self.resume_from: Checkpoint | None = None
+        self.startup.lap("world_s")
 
     def start_fleet(self) -> None:
         self.fleet.start([self.ops.setups_for(h) for h in range(self.fleet.n_hosts)])
+        self.startup.lap("actors_s")
         self.fleet.open([self.ops.opening(d) for d in self.ops.devices], self.state.global_state)
         self.actor_nodes = self.fleet.actor_nodes()
 
@@ -158,6 +163,7 @@ class Orchestrator:
     # ----- the run -----
     def run(self) -> dict:
         ensure_ray(self.options.address)  # a refused connection fails before the run directory exists
+        self.startup.lap("ray_s")
         out = self.options.out_dir
         events_path = out / EVENTS
         claim_run_dir(out, self.options.resume, self.options.fresh)  # one run per directory, never mixed
@@ -210,7 +216,9 @@ class Orchestrator:
         if self.resume_from is None:
             self.ops.draw_cohort(first)
         t_start -= self.wall_before_s  # wall times in events count the interrupted part too
+        self.startup.lap("open_s")
         accuracy, loss = self.evaluate()
+        self.startup.lap("first_eval_s")
         t_loop = time.perf_counter()
         bar = tqdm(total=sc.training.rounds, initial=first - 1, desc=sc.name, unit="round",
                    disable=not self.options.progress)
@@ -259,6 +267,7 @@ class Orchestrator:
             "rounds": sc.training.rounds,
             "wall_time_s": wall_s,
             "round_loop_s": loop_s,
+            "startup": self.startup.to_json(),
             "virtual_time_s": self.sim.virtual_time_s,
             "time_mode": sc.execution.time,
             "target_accuracy": sc.training.target_accuracy,

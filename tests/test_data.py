@@ -20,6 +20,26 @@ def test_digits_ships_with_scikit_learn():
     assert abs(len(ds.y_test) - 359) <= 1
 
 
+def test_digits_are_scikit_learns_arrays_read_without_importing_it():
+    """The csv read gives load_digits()'s arrays exactly, and the run's data path never imports sklearn
+    (its import is seconds of start-up on a loaded host)."""
+    import subprocess
+
+    from sklearn.datasets import load_digits as sk_digits
+
+    from tierflow.orchestrator.data import read_digits
+
+    images, target = read_digits()
+    bunch = sk_digits()
+    assert images.dtype == bunch.images.dtype and np.array_equal(images, bunch.images)
+    assert target.dtype == bunch.target.dtype and np.array_equal(target, bunch.target)
+    code = ("import sys\nfrom tierflow.orchestrator.data import load_digits\nload_digits()\n"
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False"]
+
+
 def test_iid_partition_is_a_partition_in_proportion():
     parts = partition_iid(1000, [1, 1, 2], seed=1)
     joined = np.concatenate(parts)
