@@ -17,7 +17,8 @@ import yaml
 
 from tierflow.migration.errors import MobilityInputError
 from tierflow.migration.mobility import TraceSample, parse_trace
-from tierflow.orchestrator import limits
+from tierflow.orchestrator import augment, limits
+from tierflow.orchestrator.augment import AugmentSpec
 from tierflow.orchestrator.errors import TierflowError
 from tierflow.orchestrator.files import read_text
 from tierflow.orchestrator.resources import (
@@ -73,6 +74,7 @@ class DatasetSpec:
     partition: str = "iid"
     alpha: float = 0.5
     test_fraction: float = 0.2
+    augment: AugmentSpec | None = None  # transformed copies of the training set (orchestrator/augment.py)
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,7 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path("."), seed: int
         partition=ds_f.string("partition", "iid", choices=("iid", "dirichlet")),
         alpha=ds_f.number("alpha", 0.5, positive=True),
         test_fraction=ds_f.number("test_fraction", 0.2, positive=True, maximum=0.9),
+        augment=_augment(ds_f),
     )
     if dataset.name == "cifar10" and dataset.path is None:
         ds_f.fail("path", "the local directory holding CIFAR-10's python batches", None)
@@ -497,3 +500,20 @@ def _devices_per_round(tr, n_devices: int) -> int | float | None:
     if not 0.0 < value <= 1.0:
         tr.fail("devices_per_round", expected, value)
     return float(value)
+
+
+def _augment(ds_f: Fields) -> AugmentSpec | None:
+    """``dataset.augment``: how many transformed copies of the training set, shifted and noised how."""
+    if ds_f.get("augment", None) is None:
+        return None
+    f = ds_f.sub("augment")
+    spec = AugmentSpec(
+        copies=f.integer("copies", minimum=1, maximum=augment.MAX_COPIES, why="copies of the whole training set"),
+        max_shift_px=f.integer("max_shift_px", 1, maximum=augment.MAX_SHIFT_PX),
+        noise_std=f.number("noise_std", 0.0, minimum=0.0, maximum=augment.MAX_NOISE_STD),
+        seed=f.integer("seed", None, **limits.SEED) if f.get("seed", None) is not None else None,
+    )
+    if spec.max_shift_px == 0 and spec.noise_std == 0:
+        f.fail("max_shift_px", "a shift >= 1 or a noise_std > 0 (else every copy equals its original)", 0)
+    f.reject_unknown()
+    return spec
