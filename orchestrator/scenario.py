@@ -128,6 +128,11 @@ class ExecutionSpec:
 
 
 @dataclass(frozen=True)
+class CheckpointSpec:
+    every_rounds: int = 1  # a checkpoint after every N-th round (and the last); a resume redoes at most N - 1
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     source: str
@@ -143,6 +148,7 @@ class Scenario:
     policy: PolicySpec = field(default_factory=PolicySpec)
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    checkpoints: CheckpointSpec = field(default_factory=CheckpointSpec)
 
     def edge(self, name: str) -> EdgeSpec:
         if name == CLOUD_EDGE:
@@ -314,9 +320,12 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path("."), seed: int
         if policy.placement == "fixed" and any(d.split is None for d in devices):
             top.fail("split", "a default split (a list of cut layers) when placement is fixed", None)
         split = ()
+    ck_f = top.sub("checkpoints", {})
+    checkpoints = CheckpointSpec(every_rounds=ck_f.integer("every_rounds", 1, minimum=1))
+    ck_f.reject_unknown()
     top.reject_unknown()
     return Scenario(name, source, cloud, tuple(edges), tuple(devices), model, dataset, training,
-                    aggregation, split, mobility, policy, execution, resources)
+                    aggregation, split, mobility, policy, execution, resources, checkpoints)
 
 
 def _edge_name(f: Fields) -> str:
