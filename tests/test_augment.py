@@ -106,3 +106,13 @@ def test_a_shift_as_large_as_the_image_is_refused_when_the_data_is_known(tmp_pat
     with pytest.raises(TierflowError, match=r"s\.yaml: dataset\.augment\.max_shift_px: expected fewer pixels than "
                                             r"the images' 8 x 8, got 8"):
         load_dataset(sc)
+
+
+def test_the_metro_example_gives_every_phone_a_full_batch_of_its_own():
+    from pathlib import Path
+
+    sc = load_scenario(Path(__file__).resolve().parents[1] / "examples" / "metro.yaml")
+    assert len(sc.devices) == 10_000 and len(sc.edges) == 16 and sc.dataset.augment is not None
+    world = build_world(sc)
+    assert min(len(s) for s in world.shards) >= sc.training.batch_size
+    assert len(world.dataset.y_test) == 359  # digits' own test set, not augmented
