@@ -6,7 +6,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from tierflow.migration.errors import MobilityInputError
+
+_MARGIN = 1e-10  # of the scene's size: far above the rounding of an array distance, far below any decision
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,10 @@ class HandoverDetector:
             raise MobilityInputError("edges: names must be unique")
         names = {e.name for e in self.edges}
         self.current: dict[str, str | None] = {d: (e if e in names else None) for d, e in (initial or {}).items()}
+        self._index = {e.name: i for i, e in enumerate(self.edges)}
+        self._xy = np.array([(e.x, e.y) for e in self.edges], dtype=np.float64).reshape(len(self.edges), 2)
+        self._r = np.array([e.radius_m for e in self.edges], dtype=np.float64)
+        self._orders: dict[tuple[str, ...], list[int]] = {}
 
     def choose(self, device: str, p: tuple[float, float]) -> str | None:
         covering = covering_edges(self.edges, p)
@@ -66,9 +74,29 @@ class HandoverDetector:
         return best
 
     def update(self, t_s: float, positions: Mapping[str, tuple[float, float]]) -> list[Handover]:
+        ids = list(positions)
+        xy = np.array([positions[d] for d in ids], dtype=np.float64).reshape(len(ids), 2)
+        return self.update_array(t_s, ids, xy)
+
+    def update_array(self, t_s: float, ids: Sequence[str], xy: np.ndarray) -> list[Handover]:
+        """:meth:`update` for positions as an [N, 2] array in the order of ``ids``.
+
+        Array distances pick out the devices that surely keep their edge (covered with a margin, and
+        not beaten by more than the hysteresis less the margin); every other device is decided by
+        :meth:`choose`, exactly as a loop over all of them would, in name order.
+        """
+        order = self._orders.get(tuple(ids))
+        if order is None:
+            if len(self._orders) > 8:
+                self._orders.clear()
+            order = self._orders[tuple(ids)] = sorted(range(len(ids)), key=ids.__getitem__)
+        undecided = self._undecided(ids, np.asarray(xy, dtype=np.float64))
         events = []
-        for device in sorted(positions):  # a device seen for the first time attaches without an event
-            new = self.choose(device, positions[device])
+        for i in order:  # a device seen for the first time attaches without an event
+            if not undecided[i]:
+                continue
+            device = ids[i]
+            new = self.choose(device, (float(xy[i, 0]), float(xy[i, 1])))
             old = self.current.get(device)
             if device not in self.current:
                 self.current[device] = new  # first sight: an attachment, not a handover
@@ -77,6 +105,25 @@ class HandoverDetector:
                 self.current[device] = new
                 events.append(Handover(t_s, device, old, new))
         return events
+
+    def _undecided(self, ids: Sequence[str], xy: np.ndarray) -> np.ndarray:
+        """[N] bool: the devices :meth:`choose` must decide; the others keep their current edge."""
+        n = len(ids)
+        if not self.edges or n == 0:
+            return np.ones(n, dtype=bool)
+        cur = np.array([self._index.get(self.current.get(d, ""), -1) if d in self.current else -1 for d in ids],
+                       dtype=np.intp)
+        dx, dy = xy[:, None, 0] - self._xy[None, :, 0], xy[:, None, 1] - self._xy[None, :, 1]
+        dist = np.sqrt(dx * dx + dy * dy)
+        scale = 1.0 + float(np.max(np.abs(xy), initial=0.0)) + float(np.max(np.abs(self._xy))) + float(np.max(self._r))
+        margin = _MARGIN * scale + 1e-12 * self.hysteresis_m
+        maybe_covering = np.where(dist <= self._r + margin, dist, np.inf)
+        nearest_lower = maybe_covering.min(axis=1)
+        rows = np.arange(n)
+        d_cur = dist[rows, np.maximum(cur, 0)]
+        stays = (cur >= 0) & (d_cur <= self._r[np.maximum(cur, 0)] - margin) \
+            & (d_cur - nearest_lower <= self.hysteresis_m - margin)
+        return ~stays
 
 
 def handovers_between(mobility, detector: HandoverDetector, t0_s: float, t1_s: float, dt_s: float) -> list[Handover]:
@@ -87,5 +134,8 @@ def handovers_between(mobility, detector: HandoverDetector, t0_s: float, t1_s: f
     steps = int(math.floor((t1_s - t0_s) / dt_s + 1e-9))
     for i in range(steps + 1):
         t = t0_s + i * dt_s
-        events.extend(detector.update(t, mobility.positions(t)))
+        if hasattr(mobility, "positions_array"):
+            events.extend(detector.update_array(t, mobility.ids, mobility.positions_array(t)))
+        else:
+            events.extend(detector.update(t, mobility.positions(t)))
     return events

@@ -23,9 +23,15 @@ Point = tuple[float, float]
 class StaticMobility:
     def __init__(self, positions: Mapping[str, Point]):
         self._positions = {d: (float(p[0]), float(p[1])) for d, p in positions.items()}
+        self.ids = list(self._positions)
+        self._xy = np.array([self._positions[d] for d in self.ids], dtype=np.float64).reshape(len(self.ids), 2)
 
     def positions(self, t_s: float) -> dict[str, Point]:
         return dict(self._positions)
+
+    def positions_array(self, t_s: float) -> np.ndarray:
+        """[N, 2] positions in the order of ``ids``."""
+        return self._xy.copy()
 
 
 class _Path:
@@ -44,6 +50,48 @@ class _Path:
         (x0, y0), (x1, y1) = self.points[i - 1], self.points[i]
         f = 0.0 if t1 == t0 else (t - t0) / (t1 - t0)
         return (x0 + f * (x1 - x0), y0 + f * (y1 - y0))
+
+
+class _Cursor:
+    """Every device's current segment of its path as arrays, so positions at a time are a few array
+    operations: only a device whose segment does not hold ``t`` is looked up (and its path extended),
+    one at a time as :meth:`_Path.at` would. Same floats as ``_Path.at``: the same operations in the
+    same order, elementwise."""
+
+    def __init__(self, paths: Sequence[_Path], extend=None):
+        n = len(paths)
+        self.paths, self.extend = list(paths), extend
+        self.t0, self.t1 = np.full(n, np.inf), np.full(n, -np.inf)  # empty: every device is looked up first
+        self.p0, self.p1 = np.zeros((n, 2)), np.zeros((n, 2))
+        self.hold = np.zeros(n, dtype=bool)
+
+    def _locate(self, i: int, t: float) -> None:
+        path = self.paths[i]
+        if self.extend is not None:
+            self.extend(i, t)
+        j = bisect.bisect_right(path.times, t)
+        if j == 0:
+            self.t0[i], self.t1[i], self.hold[i] = -np.inf, path.times[0], True
+            self.p0[i] = self.p1[i] = path.points[0]
+        elif j == len(path.times):
+            self.t0[i], self.t1[i], self.hold[i] = path.times[-1], np.inf, True
+            self.p0[i] = self.p1[i] = path.points[-1]
+        else:
+            self.t0[i], self.t1[i], self.hold[i] = path.times[j - 1], path.times[j], False
+            self.p0[i], self.p1[i] = path.points[j - 1], path.points[j]
+
+    def at(self, t: float) -> np.ndarray:
+        """[N, 2] float64: every path at ``t``."""
+        for i in np.flatnonzero(~((self.t0 <= t) & (t < self.t1))):
+            self._locate(int(i), t)
+        still = self.hold | (self.t1 == self.t0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f = np.where(still, 0.0, (t - self.t0) / np.where(still, 1.0, self.t1 - self.t0))
+        return self.p0 + f[:, None] * (self.p1 - self.p0)
+
+
+def as_dict(ids: Sequence[str], xy: np.ndarray) -> dict[str, Point]:
+    return dict(zip(ids, map(tuple, xy.tolist()), strict=True))
 
 
 class RandomWaypoint:
@@ -72,6 +120,8 @@ class RandomWaypoint:
             p = start[d] if start and d in start else (rng.uniform(0, area_m[0]), rng.uniform(0, area_m[1]))
             self._rngs[d] = rng
             self._paths[d] = _Path([0.0], [(float(p[0]), float(p[1]))])
+        self.ids = list(self._paths)
+        self._cursor = _Cursor([self._paths[d] for d in self.ids], lambda i, t: self._extend(self.ids[i], t))
 
     def _extend(self, device: str, t: float) -> None:
         path, rng = self._paths[device], self._rngs[device]
@@ -87,13 +137,13 @@ class RandomWaypoint:
                 path.points.append(target)
 
     def positions(self, t_s: float) -> dict[str, Point]:
+        return as_dict(self.ids, self.positions_array(t_s))
+
+    def positions_array(self, t_s: float) -> np.ndarray:
+        """[N, 2] positions in the order of ``ids`` (the arrays behind :meth:`positions`)."""
         if not math.isfinite(t_s):
             raise ValueError(f"t_s: expected a finite time, got {t_s}")
-        out = {}
-        for d in self._paths:
-            self._extend(d, t_s)
-            out[d] = self._paths[d].at(t_s)
-        return out
+        return self._cursor.at(float(t_s))
 
 
 TRACE_HEADER = ("time_s", "device", "x", "y")
@@ -161,6 +211,8 @@ class TraceMobility:
 
     def __init__(self, paths: Mapping[str, _Path]):
         self._paths = dict(paths)
+        self.ids = list(self._paths)
+        self._cursor = _Cursor([self._paths[d] for d in self.ids])
 
     @classmethod
     def from_samples(cls, samples: Iterable[TraceSample]) -> TraceMobility:
@@ -176,4 +228,10 @@ class TraceMobility:
         return cls.from_samples(parse_trace(text, source, devices))
 
     def positions(self, t_s: float) -> dict[str, Point]:
-        return {d: p.at(t_s) for d, p in self._paths.items()}
+        return as_dict(self.ids, self.positions_array(t_s))
+
+    def positions_array(self, t_s: float) -> np.ndarray:
+        """[N, 2] positions in the order of ``ids``."""
+        if not math.isfinite(t_s):
+            raise ValueError(f"t_s: expected a finite time, got {t_s}")
+        return self._cursor.at(float(t_s))

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 CHECKPOINT = "checkpoint"
 STATE, ARRAYS = "state.json", "arrays.npz"
+GLOBAL_COPIES = "global_copies"  # state.json: array names whose value is the global model's (not in arrays.npz)
 WHAT = "checkpoint"
 Export = tuple[dict, dict[str, np.ndarray]]  # a session's JSON header and its arrays
 
@@ -66,21 +67,37 @@ def scenario_fingerprint(scenario: Scenario) -> str:
 def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
     """Write ``ckpt`` as ``run_dir/checkpoint``, crash-safe at every step (orchestrator/durable_dir.py)."""
     arrays: dict[str, np.ndarray] = {f"global/{k}": v for k, v in ckpt.global_model.items()}
+    # At a round boundary every stage and session has just been given the global model, so most
+    # session arrays equal it: written once as global/NAME and listed by name, not 10,000 times.
+    global_copies: list[str] = []
     device_meta = {}
     for d, (meta, arr) in ckpt.devices.items():
         device_meta[d] = meta
-        arrays.update({f"device/{quote(d, safe='')}/{k}": v for k, v in arr.items()})
+        _add_arrays(arrays, global_copies, f"device/{quote(d, safe='')}/", arr, ckpt.global_model)
     session_meta: dict[str, dict] = {}
     for actor, sessions in ckpt.sessions.items():
         session_meta[actor] = {}
         for sid, (meta, arr) in sessions.items():
             session_meta[actor][sid] = meta
-            arrays.update({f"session/{quote(actor, safe='')}/{quote(sid, safe='')}/{k}": v
-                           for k, v in arr.items()})
-    doc = json.dumps({"state": ckpt.state, "devices": device_meta, "sessions": session_meta},
-                     indent=1, sort_keys=True).encode()
+            _add_arrays(arrays, global_copies, f"session/{quote(actor, safe='')}/{quote(sid, safe='')}/", arr,
+                        ckpt.global_model)
+    # Compact, so json's C encoder writes it (an indented document of 10,000 devices took seconds).
+    doc = json.dumps({"state": ckpt.state, "devices": device_meta, "sessions": session_meta,
+                      GLOBAL_COPIES: global_copies}, sort_keys=True, separators=(",", ":")).encode()
     return write_version(run_dir, CHECKPOINT, WHAT, {ARRAYS: lambda fh: np.savez(fh, **arrays),
                                                       STATE: lambda fh: fh.write(doc)})
+
+
+def _add_arrays(arrays: dict[str, np.ndarray], global_copies: list[str], prefix: str,
+                export: dict[str, np.ndarray], global_model: dict[str, np.ndarray]) -> None:
+    """An export's arrays under ``prefix``; one named ``state/K`` equal to the global model's K (same
+    dtype, shape and bits) is listed in ``global_copies`` instead of written."""
+    for k, v in export.items():
+        g = global_model.get(k[len("state/"):]) if k.startswith("state/") else None
+        if g is not None and g.dtype == v.dtype and g.shape == v.shape and g.tobytes() == v.tobytes():
+            global_copies.append(prefix + k)
+        else:
+            arrays[prefix + k] = v
 
 
 def _split_key(name: str, prefix: str, levels: int) -> tuple[list[str], str] | None:
@@ -150,4 +167,16 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
             raise TierflowError(f"{arrays_path}: array {name!r} belongs to no device or session {state_path} "
                                 "lists; expected global/NAME, device/ID/NAME or session/ACTOR/ID/NAME of listed ids")
         owned[0][1][owned[1]] = value
+    copies = doc.get(GLOBAL_COPIES, [])  # absent in checkpoints written before it existed
+    if not isinstance(copies, list):
+        raise TierflowError(f"{state_path}: {GLOBAL_COPIES}: expected a list of array names, got "
+                            f"{json.dumps(copies, default=repr)[:80]}")
+    for name in copies:
+        owned = _owner_of(name, devices, sessions) if isinstance(name, str) else None
+        key = owned[1].removeprefix("state/") if owned is not None else ""
+        if owned is None or not owned[1].startswith("state/") or key not in global_model or name in arrays:
+            raise TierflowError(f"{state_path}: {GLOBAL_COPIES}: {str(name)[:80]!r} is not a copy of the global "
+                                "model; expected device/ID/state/NAME or session/ACTOR/ID/state/NAME of listed ids, "
+                                f"NAME in the global model and not also in {ARRAYS}")
+        owned[0][1][owned[1]] = global_model[key]
     return Checkpoint(doc["state"], global_model, devices, sessions)

@@ -37,6 +37,7 @@ from tierflow.tiers.optim import OptimizerSpec
 from tierflow.tiers.session import SplitKey
 
 _THREE_TIERS = TierSpeeds(1.0, 1.0, 1.0, 1.0, 1.0)  # cost arrays need the tier count only
+_PERIOD_CACHE = 400_000  # remembered period costs (a few per device); past it the memory starts over
 
 
 class CostModel:
@@ -52,6 +53,9 @@ class CostModel:
         self.host_flops_per_s = host_flops_per_s
         self._cost_graphs: dict[int, CostGraph] = {}
         self._vectors: dict[tuple[SplitKey, int], tuple[int, ...]] = {}
+        # period() is asked the same question for every device several times a round (the clock,
+        # the prediction, each segment); the answer is a pure function of the question, so keep it.
+        self._periods: dict[tuple, PeriodCost] = {}
 
     def cost_graph(self, batch_size: int) -> CostGraph:
         cg = self._cost_graphs.get(batch_size)
@@ -68,7 +72,13 @@ class CostModel:
     def period(self, key: SplitKey, steps: int, batch_size: int, speeds: TierSpeeds, syncs: int = 1,
                measured_compute_s: tuple[float, float, float] | None = None) -> PeriodCost:
         """``steps`` batches of ``batch_size`` under ``key`` and ``syncs`` model syncs, at ``speeds``."""
-        cost = period_cost(self.cost_graph(batch_size), self._vector(key, batch_size), speeds, steps, syncs)
+        question = (key, steps, batch_size, speeds, syncs)
+        cost = self._periods.get(question)
+        if cost is None:
+            if len(self._periods) >= _PERIOD_CACHE:
+                self._periods.clear()
+            cost = self._periods[question] = period_cost(self.cost_graph(batch_size), self._vector(key, batch_size),
+                                                         speeds, steps, syncs)
         if self.compute == "measured" and measured_compute_s is not None:
             assert self.host_flops_per_s is not None
             scaled = tuple(m * self.host_flops_per_s / s for m, s in zip(measured_compute_s, speeds.flops_per_s,

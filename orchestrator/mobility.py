@@ -14,11 +14,21 @@ class _TraceOverStatic:
 
     def __init__(self, trace, static):
         self.trace, self.static = trace, static
+        self.ids = static.ids
+        where = {d: i for i, d in enumerate(self.ids)}
+        self._rows = [(where[d], j) for j, d in enumerate(trace.ids) if d in where]
 
     def positions(self, t_s: float) -> dict[str, tuple[float, float]]:
         out = self.static.positions(t_s)
         out.update({d: p for d, p in self.trace.positions(t_s).items() if d in out})
         return out
+
+    def positions_array(self, t_s: float):
+        xy = self.static.positions_array(t_s)
+        if self._rows:
+            mine, theirs = zip(*self._rows, strict=True)
+            xy[list(mine)] = self.trace.positions_array(t_s)[list(theirs)]
+        return xy
 
 
 def build_mobility(scenario: Scenario):

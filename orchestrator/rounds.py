@@ -55,7 +55,9 @@ class SyncRounds:
         reports: list[TrainReport] = []
         virtual_round = predicted = 0.0
         compute = (0.0, 0.0, 0.0)
-        first, later = ops.predicted_period_s(), ops.predicted_period_s(with_pending=False)
+        first = ops.predicted_period_s()
+        # Without a re-split's pending transfers the two predictions are one computation.
+        later = ops.predicted_period_s(with_pending=False) if state.pending_extra_s else first
         for period in range(sc.aggregation.cloud_every):
             predicted += first if period == 0 else later
             state.period = period

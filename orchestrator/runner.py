@@ -242,7 +242,8 @@ class Orchestrator:
             if st.time_to_target is None and accuracy >= sc.training.target_accuracy:
                 st.time_to_target = {"virtual_time_s": sim.virtual_time_s, "wall_time_s": now - t_start, "round": rnd}
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}", train_loss=f"{event.train_loss:.3f}")
-            self.save_checkpoint(log, time.perf_counter() - t_start)
+            if rnd % sc.checkpoints.every_rounds == 0 or rnd == sc.training.rounds:
+                self.save_checkpoint(log, time.perf_counter() - t_start)
             bar.update(1)
         bar.close()
         loop_s = time.perf_counter() - t_loop

@@ -17,7 +17,8 @@ import yaml
 
 from tierflow.migration.errors import MobilityInputError
 from tierflow.migration.mobility import TraceSample, parse_trace
-from tierflow.orchestrator import limits
+from tierflow.orchestrator import augment, limits
+from tierflow.orchestrator.augment import AugmentSpec
 from tierflow.orchestrator.errors import TierflowError
 from tierflow.orchestrator.files import read_text
 from tierflow.orchestrator.resources import (
@@ -73,6 +74,7 @@ class DatasetSpec:
     partition: str = "iid"
     alpha: float = 0.5
     test_fraction: float = 0.2
+    augment: AugmentSpec | None = None  # transformed copies of the training set (orchestrator/augment.py)
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,11 @@ class ExecutionSpec:
 
 
 @dataclass(frozen=True)
+class CheckpointSpec:
+    every_rounds: int = 1  # a checkpoint after every N-th round (and the last); a resume redoes at most N - 1
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     source: str
@@ -141,6 +148,7 @@ class Scenario:
     policy: PolicySpec = field(default_factory=PolicySpec)
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    checkpoints: CheckpointSpec = field(default_factory=CheckpointSpec)
 
     def edge(self, name: str) -> EdgeSpec:
         if name == CLOUD_EDGE:
@@ -236,6 +244,7 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path("."), seed: int
         partition=ds_f.string("partition", "iid", choices=("iid", "dirichlet")),
         alpha=ds_f.number("alpha", 0.5, positive=True),
         test_fraction=ds_f.number("test_fraction", 0.2, positive=True, maximum=0.9),
+        augment=_augment(ds_f),
     )
     if dataset.name == "cifar10" and dataset.path is None:
         ds_f.fail("path", "the local directory holding CIFAR-10's python batches", None)
@@ -311,9 +320,12 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path("."), seed: int
         if policy.placement == "fixed" and any(d.split is None for d in devices):
             top.fail("split", "a default split (a list of cut layers) when placement is fixed", None)
         split = ()
+    ck_f = top.sub("checkpoints", {})
+    checkpoints = CheckpointSpec(every_rounds=ck_f.integer("every_rounds", 1, minimum=1))
+    ck_f.reject_unknown()
     top.reject_unknown()
     return Scenario(name, source, cloud, tuple(edges), tuple(devices), model, dataset, training,
-                    aggregation, split, mobility, policy, execution, resources)
+                    aggregation, split, mobility, policy, execution, resources, checkpoints)
 
 
 def _edge_name(f: Fields) -> str:
@@ -497,3 +509,20 @@ def _devices_per_round(tr, n_devices: int) -> int | float | None:
     if not 0.0 < value <= 1.0:
         tr.fail("devices_per_round", expected, value)
     return float(value)
+
+
+def _augment(ds_f: Fields) -> AugmentSpec | None:
+    """``dataset.augment``: how many transformed copies of the training set, shifted and noised how."""
+    if ds_f.get("augment", None) is None:
+        return None
+    f = ds_f.sub("augment")
+    spec = AugmentSpec(
+        copies=f.integer("copies", minimum=1, maximum=augment.MAX_COPIES, why="copies of the whole training set"),
+        max_shift_px=f.integer("max_shift_px", 1, maximum=augment.MAX_SHIFT_PX),
+        noise_std=f.number("noise_std", 0.0, minimum=0.0, maximum=augment.MAX_NOISE_STD),
+        seed=f.integer("seed", None, **limits.SEED) if f.get("seed", None) is not None else None,
+    )
+    if spec.max_shift_px == 0 and spec.noise_std == 0:
+        f.fail("max_shift_px", "a shift >= 1 or a noise_std > 0 (else every copy equals its original)", 0)
+    f.reject_unknown()
+    return spec

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
+
 from tierflow.migration.handover import Handover, nearest_covering
 from tierflow.orchestrator.mobility import build_detector, build_mobility, edge_sites
 from tierflow.orchestrator.resources import ResourceModel
@@ -30,7 +32,10 @@ class Simulation:
         self.trajectories = TrajectoryRecorder.for_scenario(scenario, self.mobility, self.edge_of)  # the city map
         self.virtual_time_s = 0.0
         self.mobility_t = 0.0  # the latest time mobility was sensed at
-        self._positions: dict | None = None
+        self._positions = None  # [N, 2] in the order of mobility.ids, from the last sense
+        # The trajectory recorder lists devices in the scenario's order; mobility in its own.
+        where = {d: i for i, d in enumerate(self.mobility.ids)}
+        self._to_recorder = np.array([where[d] for d in self.trajectories.devices], dtype=np.intp)
 
     def advance(self, seconds: float) -> None:
         self.virtual_time_s += seconds
@@ -48,16 +53,16 @@ class Simulation:
 
     def sense(self, now_s: float) -> list[Handover]:
         """Where every device is at ``now_s``, and who should change edge (the detector's decisions)."""
-        self._positions = self.mobility.positions(now_s)
-        return self.detector.update(now_s, self._positions)
+        self._positions = self.mobility.positions_array(now_s)
+        return self.detector.update_array(now_s, self.mobility.ids, self._positions)
 
     def record(self, round_: int, now_s: float, moves: list[Handover]) -> None:
         """The last ``sense`` on the city map, with the edges the moves left devices on."""
-        self.trajectories.record(round_, now_s, self._positions, self.edge_of, moves)
+        self.trajectories.record_array(round_, now_s, self._positions[self._to_recorder], self.edge_of, moves)
 
     def nearest_live_edge(self, device_id: str, alive: set[str]) -> str | None:
-        here = self.mobility.positions(self.mobility_t)[device_id]
-        return nearest_covering(edge_sites(self.scenario, alive), here)
+        xy = self.mobility.positions_array(self.mobility_t)[self.mobility.ids.index(device_id)]
+        return nearest_covering(edge_sites(self.scenario, alive), (float(xy[0]), float(xy[1])))
 
     def watch(self, attached: Mapping[str, str | None], alive: set[str]) -> None:
         """Detect handovers afresh among the ``alive`` edges, each device seen as ``attached``."""

@@ -117,6 +117,12 @@ class TrajectoryRecorder:
         """One mobility check: every device's position, the edge serving it after the check, and the
         check's handovers (objects with ``device``, ``from_edge``, ``to_edge``)."""
         xy = np.array([positions[d] for d in self.devices], dtype=np.float32).reshape(len(self.devices), 2)
+        self.record_array(round_, t_s, xy, serving, handovers)
+
+    def record_array(self, round_: int, t_s: float, xy: np.ndarray, serving: Mapping[str, str | None],
+                     handovers: Sequence = ()) -> None:
+        """:meth:`record` with the positions as an [N, 2] array in the order of ``devices``."""
+        xy = np.asarray(xy, dtype=np.float32).reshape(len(self.devices), 2)
         edge = np.array([self._edge(serving.get(d)) for d in self.devices], dtype=np.int32)
         for h in handovers:
             if len(self.handovers) >= self.max_handovers:

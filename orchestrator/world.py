@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tierflow.orchestrator.augment import augment_train
 from tierflow.orchestrator.checks import check_model_and_splits
 from tierflow.orchestrator.data import (
     Dataset,
@@ -23,6 +24,15 @@ from tierflow.tiers.split import assignment_from_cuts, trace
 
 
 def load_dataset(scenario: Scenario) -> Dataset:
+    dataset = _load_dataset(scenario)
+    spec = scenario.dataset.augment
+    if spec is None:
+        return dataset
+    seed = scenario.training.seed if spec.seed is None else spec.seed
+    return augment_train(dataset, spec, seed, where=f"{scenario.source}: dataset.augment")
+
+
+def _load_dataset(scenario: Scenario) -> Dataset:
     spec = scenario.dataset
     if spec.name == "digits":
         return load_digits(spec.test_fraction, scenario.training.seed)
