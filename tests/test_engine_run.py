@@ -111,3 +111,71 @@ def test_vectorized_run_equals_looped_run(ray_session, tmp_path, model):
     assert looped_summary["bytes_up"] == vec_summary["bytes_up"]
     assert looped_summary["bytes_down"] == vec_summary["bytes_down"]
     assert looped_summary["virtual_time_s"] == vec_summary["virtual_time_s"]
+
+
+# ----- one host, no Ray: how jobs fall into groups, and failures that stay per device -----
+def _host_and_edge(engine: str, model: str = "mlp", cuts=(2,), shards=(13, 20, 9, 16)):
+    from test_device_group import MOMENTUM, SHAPE, TOKEN, _full_states, _key, _setups
+
+    from tierflow.tiers.hosts import DeviceHost, EdgeServer
+
+    key = _key(model, list(cuts))
+    setups = _setups(shards)
+    states = _full_states(model, setups)
+    host = DeviceHost("h", model, SHAPE, MOMENTUM, token=TOKEN, engine=engine)
+    host.add_devices(setups)
+    edge = EdgeServer("e", model, SHAPE, MOMENTUM, token=TOKEN, engine=engine)
+    for s in setups:
+        host.configure(s.device_id, key, states[s.device_id])
+        edge.open_session(s.device_id, key, states[s.device_id], 1.0)
+    return host, edge, [s.device_id for s in setups]
+
+
+def _device_weights(host, device_id):
+    from tierflow.tiers.session import partition_state
+
+    return partition_state(host.devices[device_id].session.runner)
+
+
+def test_a_session_the_edge_lacks_fails_only_its_device():
+    """The edge refuses the whole group's first step (it holds no session for d1); the host retries the
+    group device by device, so d1 fails and the others train exactly as the loop trains them."""
+    looped, looped_edge, ids = _host_and_edge("looped")
+    vec, vec_edge, _ = _host_and_edge("vectorized")
+    for edge in (looped_edge, vec_edge):
+        edge.close_session("d1")
+    want = {r.device_id: r for r in looped.train_many([(d, 3, looped_edge, "e") for d in ids])}
+    got = {r.device_id: r for r in vec.train_many([(d, 3, vec_edge, "e") for d in ids])}
+    assert "KeyError" in got["d1"].error and "KeyError" in want["d1"].error
+    for d in ids:
+        assert (got[d].steps, got[d].bytes_up, got[d].bytes_down, bool(got[d].error)) == \
+               (want[d].steps, want[d].bytes_up, want[d].bytes_down, bool(want[d].error)), d
+        for name, value in _device_weights(looped, d).items():
+            assert np.max(np.abs(_device_weights(vec, d)[name] - value)) <= TOL, (d, name)
+    # The samplers were put back before the retry: the next segment draws what the loop's draws.
+    again = {r.device_id: r for r in vec.train_many([(d, 2, vec_edge, "e") for d in ids if d != "d1"])}
+    ref = {r.device_id: r for r in looped.train_many([(d, 2, looped_edge, "e") for d in ids if d != "d1"])}
+    assert all(again[d].engine == "vectorized" and again[d].correct == ref[d].correct for d in again)
+
+
+def test_ring_jobs_stay_looped_and_groups_split_by_batch_shape():
+    """A job naming another session (a ring's) trains alone; a shard smaller than the batch draws a
+    smaller batch and so trains in a group of its own shape."""
+    host, edge, ids = _host_and_edge("vectorized", shards=(13, 20, 3, 16))  # d2 draws batches of 3
+    sizes = []
+    original = type(host)._train_group
+
+    def spy(self, jobs, link):
+        sizes.append(sorted(j[0] for j in jobs))
+        return original(self, jobs, link)
+
+    type(host)._train_group = spy
+    try:
+        reports = host.train_many([("d0", 2, edge, "e", "d3"), ("d1", 2, edge, "e"), ("d2", 2, edge, "e"),
+                                   ("d3", 2, edge, "e")])
+    finally:
+        type(host)._train_group = original
+    assert not any(r.error for r in reports), [r.error for r in reports]
+    assert sorted(sizes) == [["d1", "d3"], ["d2"]]
+    assert [r.engine for r in reports] == ["looped", "vectorized", "vectorized", "vectorized"]
+    assert reports[2].samples == 2 * 3
