@@ -179,3 +179,15 @@ def test_ring_jobs_stay_looped_and_groups_split_by_batch_shape():
     assert sorted(sizes) == [["d1", "d3"], ["d2"]]
     assert [r.engine for r in reports] == ["looped", "vectorized", "vectorized", "vectorized"]
     assert reports[2].samples == 2 * 3
+
+
+@pytest.mark.parametrize(("cuts", "tier"), [((2,), 1), ((2, 4), 1), ((2, 4), 2)])
+def test_an_upper_stage_can_be_timed_both_ways(cuts, tier):
+    """time_engines on an edge or cloud stage feeds it what the stages below produce."""
+    from test_device_group import MOMENTUM, SHAPE, _key
+
+    from tierflow.tiers.device_group import time_engines
+    from tierflow.tiers.session import StageFactory
+
+    timing = time_engines(StageFactory("mlp", SHAPE), _key("mlp", list(cuts)), MOMENTUM, 4, 6, repeats=1, tier=tier)
+    assert timing.vectorized_s > 0 and timing.looped_s > 0 and timing.engine in ("vectorized", "looped")

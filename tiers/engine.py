@@ -2,8 +2,9 @@
 
 ``execution.engine: vectorized | looped`` forces one; ``auto`` times both once per (model, split,
 batch shape) on this host (tiers/device_group.py ``choose_engine``) and keeps the faster. A device
-host chooses for its device-side stages; an edge (or the cloud) for its own stage of the groups it
-is sent, so a cheap device stage above a conv-heavy edge stage is batched only where that pays. The choice
+host chooses for its device-side stages; an edge (or the cloud) batches the stage of every group it
+is sent when vmap can (its own timing would run inside a step's timeout), so under ``auto`` a cheap
+device stage above a conv-heavy edge stage is batched on the edge too (not timed there yet). The choice
 is cached on disk per host, as layer profiles are: timing is noisy, and a choice that flipped
 between two runs of one scenario would make them differ in the last float digits, so a second run
 (or a resumed one) on the same host reads the first run's choice. Several hosts of one run that
@@ -58,7 +59,9 @@ class EngineChooser:
     def _decide(self, key: SplitKey, batch_size: int, n_devices: int, label: str) -> str:
         if self.mode == "looped" or unsupported(self.factory.stage(key, self.tier).module):
             return "looped"
-        if self.mode == "vectorized":
+        if self.mode == "vectorized" or self.tier > 0:
+            # An edge or the cloud batches every group it is sent (the device host chose to send it
+            # as one): timing there would run inside a step, against policy.step_timeout_s.
             return "vectorized"
         path = self._cache_path(key, label)
         cached = _read(path)
