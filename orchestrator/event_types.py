@@ -221,6 +221,19 @@ class Refused(EventRecord):
 
 
 @dataclass(frozen=True)
+class EngineChoice(EventRecord):
+    """The engine a device host trains a split and batch shape with (execution.engine; tiers/engine.py),
+    stated the first time that host trains it in this process."""
+
+    kind: ClassVar[str] = "engine"
+    round: int
+    virtual_time_s: float
+    host: str
+    key: str  # model|[cuts]|batch
+    engine: str  # vectorized | looped
+
+
+@dataclass(frozen=True)
 class RunEnd(EventRecord):
     kind: ClassVar[str] = "run_end"
     wall_time_s: float
@@ -230,7 +243,7 @@ class RunEnd(EventRecord):
 
 
 Event = (RunStart | RunResumed | RoundEnd | Handover | Migration | Failure | Rejoin | Rehome | Replan
-         | RingsFormed | RingRound | RingPass | Refused | RunEnd)
+         | RingsFormed | RingRound | RingPass | Refused | EngineChoice | RunEnd)
 
 EVENT_TYPES: dict[str, type[EventRecord]] = {cls.kind: cls for cls in get_args(Event)}
 

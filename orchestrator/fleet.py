@@ -150,13 +150,14 @@ class Fleet:
         sc = self.scenario
         opt, model, timeout = sc.training.optimizer, sc.model.name, sc.policy.step_timeout_s
         self.cloud = CloudActor.options(**actor_options("cloud")).remote(
-            CLOUD, model, self.shape, opt, 1, self.token, timeout)
+            CLOUD, model, self.shape, opt, 1, self.token, timeout, sc.execution.engine)
         edges = {e.name: EdgeActor.options(**actor_options("edge")).remote(
-            e.name, model, self.shape, opt, self.cloud, 1, self.token, timeout) for e in sc.edges}
+            e.name, model, self.shape, opt, self.cloud, 1, self.token, timeout, sc.execution.engine) for e in sc.edges}
         # A device host holds no state the orchestrator cannot give it again, so Ray may restart it;
         # its devices then rejoin at the next period.
         self.hosts = [DeviceHostActor.options(**actor_options("device", max_restarts=DEVICE_HOST_RESTARTS)).remote(
-            f"host{i}", model, self.shape, opt, 1, self.token, timeout) for i in range(self.n_hosts)]
+            f"host{i}", model, self.shape, opt, 1, self.token, timeout, sc.execution.engine)
+            for i in range(self.n_hosts)]
         self.bind = dataplane_host()
         cloud_endpoint = self.cloud.start_dataplane.remote(self.bind)
         wiring = [self._wire_edge_calls(actor, cloud_endpoint) for actor in edges.values()]
@@ -182,7 +183,7 @@ class Fleet:
             sc = self.scenario
             actor = EdgeActor.options(**actor_options("cloud")).remote(
                 CLOUD_EDGE, sc.model.name, self.shape, sc.training.optimizer, self.cloud, 1, self.token,
-                sc.policy.step_timeout_s)
+                sc.policy.step_timeout_s, sc.execution.engine)
             self._wire_edge(CLOUD_EDGE, actor)
         return CLOUD_EDGE
 

@@ -23,6 +23,7 @@ from tierflow.orchestrator.simulation import Simulation
 from tierflow.orchestrator.world import World
 from tierflow.placement.cost import Charge, makespan_s
 from tierflow.tiers.aggregate import WeightedSum
+from tierflow.tiers.engine import engine_label
 from tierflow.tiers.hosts import DeviceSetup, TrainReport
 from tierflow.tiers.session import SplitKey
 
@@ -35,6 +36,7 @@ class RoundOps:
         self.devices = {d.name: d for d in scenario.devices}
         self.weights = {d.name: float(len(s)) for d, s in zip(scenario.devices, world.shards, strict=True)}
         self.events: EventLog | None = None  # set when the run opens its log
+        self.engines_seen: dict[tuple[str, str], str] = {}  # (host, engine label) -> engine
 
     def emit(self, event: ev.EventRecord) -> None:
         self.events.emit(event)
@@ -81,7 +83,30 @@ class RoundOps:
         """
         ids = session_ids or {}
         batch = self.fleet.train(TrainJob(d, n, self.state.session_at[d], ids.get(d)) for d, n in steps.items())
+        self.note_engines(batch.reports)
         return batch.reports, batch.failed
+
+    def note_engines(self, reports: list[TrainReport]) -> None:
+        """The first time a host trains a split and batch shape here: which engine it chose (a
+        capability ring's members always train looped, one after another on the ring's state)."""
+        for r in reports:
+            if r.steps == 0:
+                continue
+            host = f"host{self.fleet.host_of[r.device_id]}"
+            label = engine_label(self.scenario.model.name, self.state.splits[r.device_id], r.samples // r.steps)
+            if (host, label) in self.engines_seen:
+                continue
+            self.engines_seen[(host, label)] = r.engine
+            self.emit(ev.EngineChoice(**self.stamp(), host=host, key=label, engine=r.engine))
+
+    def engine_summary(self) -> dict[str, str]:
+        """Per split and batch shape, the engine every host chose ("mixed: ..." where they differ)."""
+        by_label: dict[str, dict[str, str]] = {}
+        for (host, label), engine in sorted(self.engines_seen.items()):
+            by_label.setdefault(label, {})[host] = engine
+        return {label: next(iter(set(hosts.values()))) if len(set(hosts.values())) == 1
+                else "mixed: " + ", ".join(f"{h}={e}" for h, e in hosts.items())
+                for label, hosts in by_label.items()}
 
     def fail_device(self, device_id: str, why: str) -> None:
         self.state.round_failures += 1

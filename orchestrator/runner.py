@@ -295,6 +295,7 @@ class Orchestrator:
             "switches": c.switches,
             "replan_saved_s": c.replan_saved_s,
             "compute": sc.execution.compute,
+            "engine": self.ops.engine_summary(),  # model|[cuts]|batch -> the engine the device hosts chose
             "profile_spread": None if self.profile is None else self.profile.spread,
         }
 

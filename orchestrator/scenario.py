@@ -125,6 +125,7 @@ class ExecutionSpec:
     device_hosts: int = 2
     time: str = "emulated"  # emulated | real
     compute: str = "profile"  # how emulated time prices compute: profile | flops | measured
+    engine: str = "auto"  # how a device host trains its devices: auto | vectorized | looped (tiers/engine.py)
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,7 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path("."), seed: int
         device_hosts=ex_f.integer("device_hosts", 2, minimum=1, **limits.DEVICE_HOSTS),
         time=ex_f.string("time", "emulated", choices=("emulated", "real")),
         compute=ex_f.string("compute", "profile", choices=("profile", "flops", "measured")),
+        engine=ex_f.string("engine", "auto", choices=("auto", "vectorized", "looped")),
     )
     ex_f.reject_unknown()
     resources = _resources(top.sub("resources", {}), base_dir, [d.name for d in devices], [e.name for e in edges])

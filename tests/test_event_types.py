@@ -46,6 +46,7 @@ SAMPLES: list[ev.Event] = [
     ev.RingPass(round=1, virtual_time_s=0.0, ring="0", device="d1", from_edge="w", to_edge="e", bytes=2_000_000,
                 wall_duration_s=0.02, ok=True, charged_s=0.07),
     ev.Refused(round=3, virtual_time_s=120.0, counts={"dataplane": {"unauthenticated": 3}}),
+    ev.EngineChoice(round=1, virtual_time_s=0.0, host="host0", key="mlp|[1]|8", engine="vectorized"),
     ev.RunEnd(wall_time_s=20.0, virtual_time_s=160.0, final_accuracy=0.875, rounds=4),
 ]
 

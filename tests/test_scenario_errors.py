@@ -36,6 +36,7 @@ EXPECTED = {
     "bad_policy.yaml": "policy.handover: expected one of 'migrate', 'restart', got 'teleport'",
     "bad_plan_costs.yaml": "policy.plan_costs: expected nothing: it is replaced by execution.compute",
     "bad_compute.yaml": "execution.compute: expected one of 'profile', 'flops', 'measured', got 'guessed'",
+    "bad_engine.yaml": "execution.engine: expected one of 'auto', 'vectorized', 'looped', got 'batched'",
     "cifar_without_path.yaml": "dataset.path: expected the local directory holding CIFAR-10's python batches",
     "bad_position.yaml": "devices[0].position: expected a pair of numbers [x, y], got [10]",
     "trace_without_file.yaml": "mobility.trace: missing (required)",

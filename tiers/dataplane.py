@@ -33,6 +33,10 @@ class DataPlaneError(RuntimeError):
     """A data-plane message was refused, or its peer did not answer in time."""
 
 
+class DataPlaneTimeout(DataPlaneError):
+    """The peer did not answer in time (it may be dead): asking again would wait again."""
+
+
 def encode(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> list:
     """The project's one wire format (migration/wire.py), in chunks no frame limit refuses; no CRC:
     the MAC covers every byte (as on the migration channel)."""
@@ -140,7 +144,7 @@ class DataPlaneClient:
         if not sock.poll(self._timeout_ms, zmq.POLLIN):
             sock.close(0)
             del self._socks[endpoint]
-            raise DataPlaneError(f"no answer from {endpoint} within {self._timeout_ms / 1000:.0f} s")
+            raise DataPlaneTimeout(f"no answer from {endpoint} within {self._timeout_ms / 1000:.0f} s")
         reply = sock.recv_multipart(copy=False)
         try:
             wire = self._sealer.open_reply(head, reply)

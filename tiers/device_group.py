@@ -339,37 +339,52 @@ class EngineTiming:
         return "vectorized" if self.vectorized_s < self.looped_s else "looped"
 
 
+def _stage_inputs(factory: StageFactory, key: SplitKey, tier: int, x: np.ndarray) -> list[np.ndarray]:
+    """What ``tier``'s stage receives for the stacked raw inputs ``x``: the stages below it, run on
+    each device's slice."""
+    arrays = [x]
+    for t in range(tier):
+        module = factory.stage(key, t).module
+        with torch.no_grad():
+            outs = [module(*(torch.from_numpy(a[k]) for a in arrays)) for k in range(x.shape[0])]
+        arrays = [np.stack([o[j].numpy() for o in outs]) for j in range(len(outs[0]))]
+    return arrays
+
+
 def time_engines(factory: StageFactory, key: SplitKey, optimizer: OptimizerSpec, batch_size: int,
-                 n_devices: int, repeats: int = 3, seed: int = 0) -> EngineTiming:
-    """CPU seconds per device-step of one training step of the device-side stage, both ways (the best
-    of ``repeats``, after a warm-up). The loop's cost per device does not depend on the group's size,
-    so it is timed on a few devices; the group is timed at its real size (capped)."""
+                 n_devices: int, repeats: int = 3, seed: int = 0, tier: int = 0) -> EngineTiming:
+    """CPU seconds per device-step of one training step of ``tier``'s stage (the device's by
+    default), both ways (the best of ``repeats``, after a warm-up). The loop's cost per device does
+    not depend on the group's size, so it is timed on a few devices; the group is timed at its real
+    size (capped)."""
     shape = factory.shape
     rng = np.random.default_rng(seed)
-    weights = {n: t.detach().numpy().copy() for n, t in factory.stage(key, 0).module.state_dict().items()}
+    weights = {n: t.detach().numpy().copy() for n, t in factory.stage(key, tier).module.state_dict().items()}
     state_bytes = max(1, sum(w.nbytes for w in weights.values()))
     # Past a few hundred devices the group's cost per device barely moves; the cap also bounds the
     # memory the timing takes (a stacked copy of parameters, gradients and optimizer state).
     k_vec = max(1, min(n_devices, 256, _TIMING_BYTES // state_bytes))
     k_loop = max(1, min(n_devices, 8))
-    group = DeviceGroup(factory, key, optimizer, {str(i): DeviceState(weights, {}) for i in range(k_vec)})
-    runners = [factory.runner(key, 0, optimizer) for _ in range(k_loop)]  # what DeviceHost.train steps
+    group = DeviceGroup(factory, key, optimizer, {str(i): DeviceState(weights, {}) for i in range(k_vec)}, tier)
+    runners = [factory.runner(key, tier, optimizer) for _ in range(k_loop)]  # what the looped hosts step
     x = rng.standard_normal((k_vec, batch_size, shape.channels, shape.height, shape.width)).astype(np.float32)
     y = rng.integers(0, shape.num_classes, (k_vec, batch_size)).astype(np.int64)
+    inputs = _stage_inputs(factory, key, tier, x)
+    top, below = tier == key.n_tiers - 1, tier > 0  # a stage above the device returns input gradients
 
     def vectorized() -> None:
-        if key.n_tiers == 1:
-            group.forward_loss_backward([x], y, track_input_grad=False)
+        if top:
+            group.forward_loss_backward(inputs, y, track_input_grad=below)
         else:
-            outs = group.forward([x])
+            outs = group.forward(inputs, track_input_grad=below)
             group.backward([np.ones_like(o) for o in outs])
 
     def looped() -> None:
         for k, r in enumerate(runners):
-            if key.n_tiers == 1:
-                r.forward_loss_backward([x[k]], y[k], track_input_grad=False)
+            if top:
+                r.forward_loss_backward([a[k] for a in inputs], y[k], track_input_grad=below)
             else:
-                outs = r.forward([x[k]], track_input_grad=False)
+                outs = r.forward([a[k] for a in inputs], track_input_grad=below)
                 r.backward([np.ones_like(o) for o in outs])
 
     vectorized()  # warm-up
@@ -390,13 +405,13 @@ def _cpu_seconds(fn) -> float:
 
 
 def choose_engine(factory: StageFactory, key: SplitKey, optimizer: OptimizerSpec, batch_size: int,
-                  n_devices: int) -> str:
+                  n_devices: int, tier: int = 0) -> str:
     """"vectorized" or "looped": whichever trained this stage and batch shape faster when timed here;
     "looped" for a stage that cannot be vectorized (see :func:`unsupported`, or a user model whose
     operations vmap has no batching rule for)."""
-    if unsupported(factory.stage(key, 0).module):
+    if unsupported(factory.stage(key, tier).module):
         return "looped"
     try:
-        return time_engines(factory, key, optimizer, batch_size, n_devices).engine
+        return time_engines(factory, key, optimizer, batch_size, n_devices, tier=tier).engine
     except RuntimeError:  # vmap refused an operation of the model: the loop is the engine that runs it
         return "looped"

@@ -9,14 +9,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from tierflow.migration.outcome import MigrationOutcome
 from tierflow.tiers.aggregate import WeightedSum
-from tierflow.tiers.dataplane import DataPlaneClient, DataPlaneServer
+from tierflow.tiers.dataplane import DataPlaneClient, DataPlaneServer, DataPlaneTimeout
+from tierflow.tiers.device_group import DeviceGroup, DeviceState, draw_batch
+from tierflow.tiers.engine import EngineChooser
 from tierflow.tiers.memory import ReportsPeakMemory
 from tierflow.tiers.models import InputShape
 from tierflow.tiers.optim import OptimizerSpec
@@ -79,6 +81,49 @@ def step_upper(link, client: DataPlaneClient | None, device_id: str, arrays: lis
     return call(link, "step", device_id, arrays, labels)
 
 
+@dataclass(frozen=True)
+class UpperGroupReply:
+    """What the tier above answers to one step of a device group, every array stacked on dim 0 in
+    the group's device order: what ``UpperReply`` holds for each device."""
+
+    grads: list[np.ndarray]  # each [K, ...]
+    loss: np.ndarray  # [K] float64
+    correct: np.ndarray  # [K] int64
+    compute_s: np.ndarray  # [K, tiers above the caller]
+    bytes_up: np.ndarray  # [K, links above the caller] int64
+    bytes_down: np.ndarray
+
+
+_GROUP_FIELDS = ("loss", "correct", "compute_s", "bytes_up", "bytes_down")
+
+
+def _group_reply_to_wire(reply: UpperGroupReply) -> tuple[dict, dict[str, np.ndarray]]:
+    arrays = {f"g{i}": g for i, g in enumerate(reply.grads)}
+    arrays.update({f: getattr(reply, f) for f in _GROUP_FIELDS})
+    return {"n": len(reply.grads)}, arrays
+
+
+def _group_reply_from_wire(meta: dict, arrays: dict[str, np.ndarray], k: int) -> UpperGroupReply:
+    reply = UpperGroupReply([arrays[f"g{i}"] for i in range(int(meta["n"]))],
+                            *(np.asarray(arrays[f]) for f in _GROUP_FIELDS))
+    for a in (*reply.grads, *(getattr(reply, f) for f in _GROUP_FIELDS)):
+        if a.ndim == 0 or a.shape[0] != k:
+            raise ValueError(f"a group reply for {k} devices holds an array of shape {a.shape}")
+    return reply
+
+
+def step_upper_many(link, client: DataPlaneClient | None, device_ids: Sequence[str], arrays: list[np.ndarray],
+                    labels: np.ndarray) -> UpperGroupReply:
+    """One step of a device group on the tier above, in one message each way (``arrays`` and
+    ``labels`` stacked in ``device_ids`` order); a plain object is called directly."""
+    if isinstance(link, str):
+        payload = {f"a{i}": a for i, a in enumerate(arrays)}
+        payload["labels"] = labels
+        meta, out = client.request(link, {"op": "step_many", "devices": list(device_ids), "n": len(arrays)}, payload)
+        return _group_reply_from_wire(meta, out, len(device_ids))
+    return call(link, "step_many", list(device_ids), arrays, labels)
+
+
 NOT_HOSTED = "device not hosted here (its host restarted and lost it)"
 
 
@@ -99,6 +144,7 @@ class TrainReport:
     finite: bool = True
     error: str = ""  # non-empty: the segment failed (e.g. its edge stopped answering); not aggregated
     not_hosted: bool = False  # the host restarted and lost the device: it must be given its devices again
+    engine: str = "looped"  # the engine this host chose for the device's split and batch (tiers/engine.py)
 
 
 @dataclass(frozen=True)
@@ -119,12 +165,38 @@ class BatchSampler:
         self.order = self.rng.permutation(n)
         self.pos = 0
 
+    def snapshot(self) -> tuple:
+        return self.rng.bit_generator.state, self.order.copy(), self.pos
+
+    def restore(self, snapshot: tuple) -> None:
+        self.rng.bit_generator.state, self.order, self.pos = snapshot[0], snapshot[1].copy(), snapshot[2]
+
     def next_indices(self) -> np.ndarray:
         if self.pos + self.batch_size > self.n:
             self.order, self.pos = self.rng.permutation(self.n), 0
         idx = self.order[self.pos:self.pos + self.batch_size]
         self.pos += self.batch_size
         return np.sort(idx)
+
+
+class _GroupTotals:
+    """A device group's running totals over a segment, one row per device."""
+
+    def __init__(self, k: int, steps: int, n_tiers: int):
+        self.steps, self.n_tiers = steps, n_tiers
+        self.compute = np.zeros((k, 3))
+        self.up = np.zeros((k, 2), dtype=np.int64)
+        self.down = np.zeros((k, 2), dtype=np.int64)
+        self.loss_sum = np.zeros(k)
+        self.correct = np.zeros(k, dtype=np.int64)
+        self.samples = 0  # per device: every device of a group draws the same batch size
+        self.done = 0  # steps completed
+
+    def report(self, k: int, device_id: str, edge_name: str | None, finite: bool) -> TrainReport:
+        return TrainReport(device_id, edge_name, self.steps, self.samples, float(self.loss_sum[k]),
+                           int(self.correct[k]), tuple(float(c) for c in self.compute[k]),
+                           tuple(int(b) for b in self.up[k]), tuple(int(b) for b in self.down[k]), self.n_tiers,
+                           finite, engine="vectorized")
 
 
 @dataclass
@@ -139,13 +211,14 @@ class DeviceHost(ReportsPeakMemory):
     """Hosts many logical devices in one process; trains each against its edge server."""
 
     def __init__(self, host_id: str, model_name: str, shape: InputShape, optimizer: OptimizerSpec,
-                 threads: int = 1, token: str = "", step_timeout_s: float = 60.0):
+                 threads: int = 1, token: str = "", step_timeout_s: float = 60.0, engine: str = "looped"):
         torch.set_num_threads(threads)
         self.host_id = host_id
         self.client = DataPlaneClient(token, step_timeout_s)
         self.factory = StageFactory(model_name, shape)
         self.optimizer = optimizer
         self.devices: dict[str, LogicalDevice] = {}
+        self.engines = EngineChooser(engine, self.factory, optimizer)
 
     def ping(self) -> str:
         return self.host_id
@@ -228,22 +301,114 @@ class DeviceHost(ReportsPeakMemory):
         return TrainReport(device_id, edge_name, steps, samples, loss_sum, correct, tuple(compute), tuple(up),
                            tuple(down), n_tiers, finite)
 
-    def train_many(self, jobs: Sequence[tuple[str, int, object, str | None]]) -> list[TrainReport]:
-        """Train each job in turn; one device's failure is reported as data, the others still train."""
-        out = []
-        for job in jobs:
-            if job[0] not in self.devices:  # this host restarted and has not been given its devices again
-                out.append(TrainReport(job[0], job[3], 0, 0, 0.0, 0, (0.0, 0.0, 0.0), (0, 0), (0, 0), 0, True,
-                                       NOT_HOSTED, not_hosted=True))
+    def train_many(self, jobs: Sequence[tuple]) -> list[TrainReport]:
+        """Train every job (device, steps, edge link, edge name[, session id]); reports in job order.
+
+        Jobs that step against their own sessions and share a split, an edge (none for device-only
+        splits), a batch shape and a step count form a group; where the host's engine for that
+        split and batch is ``vectorized``, the group trains as one DeviceGroup. The
+        rest (a ring's shared session: members train one after another on one state) train in turn.
+        One device's failure is reported as data; the others still train."""
+        out: list[TrainReport | None] = [None] * len(jobs)
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            device_id, steps, link = job[0], job[1], job[2]
+            device = self.devices.get(device_id)
+            if device is None:  # this host restarted and has not been given its devices again
+                out[i] = TrainReport(device_id, job[3], 0, 0, 0.0, 0, (0.0, 0.0, 0.0), (0, 0), (0, 0), 0, True,
+                                     NOT_HOSTED, not_hosted=True)
                 continue
-            try:
-                out.append(self.train(*job))
-            except Exception as exc:  # a dead edge, a refused step: a failure of this device only
-                device_id, _, _, edge_name = job[:4]
-                n_tiers = self.devices[device_id].session.key.n_tiers
-                out.append(TrainReport(device_id, edge_name, 0, 0, 0.0, 0, (0.0, 0.0, 0.0), (0, 0), (0, 0),
-                                       n_tiers, True, f"{type(exc).__name__}: {exc}"))
+            if (job[4] if len(job) > 4 else None) in (None, device_id):
+                key, batch = device.session.key, device.sampler.batch_size
+                groups.setdefault((key, link if key.n_tiers > 1 else None, batch, steps), []).append(i)
+        for (key, link, batch, _), members in groups.items():
+            engine = self.engines.engine(key, batch, len(members))
+            if engine == "vectorized":
+                for i, report in zip(members, self._train_group([jobs[i] for i in members], link), strict=True):
+                    out[i] = report
+            else:
+                for i in members:
+                    out[i] = replace(self._train_one(jobs[i]), engine=engine)
+        for i, job in enumerate(jobs):
+            if out[i] is None:
+                out[i] = self._train_one(job)
         return out
+
+    def _train_one(self, job: tuple) -> TrainReport:
+        try:
+            return self.train(*job)
+        except Exception as exc:  # a dead edge, a refused step: a failure of this device only
+            return self._failed(job, exc)
+
+    def _failed(self, job: tuple, exc: Exception) -> TrainReport:
+        device_id, edge_name = job[0], job[3]
+        n_tiers = self.devices[device_id].session.key.n_tiers
+        return TrainReport(device_id, edge_name, 0, 0, 0.0, 0, (0.0, 0.0, 0.0), (0, 0), (0, 0), n_tiers, True,
+                           f"{type(exc).__name__}: {exc}")
+
+    def _train_group(self, jobs: Sequence[tuple], link) -> list[TrainReport]:
+        """The jobs of one group as a DeviceGroup; each device's session gets its own state back.
+
+        A refusal the edge answers before anything has stepped (a session it does not hold) says
+        nothing about the other devices, so the group is retried device by device, as the loop
+        would have met it; any other failure (a dead edge) fails the group's devices."""
+        ids = [j[0] for j in jobs]
+        devices = [self.devices[d] for d in ids]
+        sessions = [d.session for d in devices]
+        group = DeviceGroup(self.factory, sessions[0].key, self.optimizer,
+                            {d: DeviceState(partition_state(s.runner), optimizer_state(s.runner))
+                             for d, s in zip(ids, sessions, strict=True)})
+        samplers = [d.sampler.snapshot() for d in devices]
+        totals = _GroupTotals(len(group), int(jobs[0][1]), group.key.n_tiers)
+        try:
+            self._step_group(group, devices, totals, link)
+        except DataPlaneTimeout as exc:
+            return [replace(self._failed(j, exc), engine="vectorized") for j in jobs]
+        except Exception as exc:
+            if totals.done == 0:  # nothing stepped: draw the same batches again, one device at a time
+                for d, snap in zip(devices, samplers, strict=True):
+                    d.sampler.restore(snap)
+                return [replace(self._train_one(j), engine="vectorized") for j in jobs]
+            return [replace(self._failed(j, exc), engine="vectorized") for j in jobs]
+        reports = []
+        for k, (job, s) in enumerate(zip(jobs, sessions, strict=True)):
+            state = group.state_of(job[0])
+            load_partition(s.runner, state.weights)
+            load_optimizer_state(s.runner, state.optimizer)
+            s.steps_done += totals.steps
+            finite = bool(np.isfinite(totals.loss_sum[k])) and all(bool(np.isfinite(w).all())
+                                                                   for w in state.weights.values())
+            reports.append(totals.report(k, job[0], job[3], finite))
+        return reports
+
+    def _step_group(self, group: DeviceGroup, devices: Sequence[LogicalDevice], totals: _GroupTotals, link) -> None:
+        k, n_tiers = len(group), group.key.n_tiers
+        for _ in range(totals.steps):
+            x, y = draw_batch(devices)
+            if n_tiers == 1:
+                t0 = time.perf_counter()
+                _, result = group.forward_loss_backward([x], y, track_input_grad=False)
+                totals.compute[:, 0] += (time.perf_counter() - t0) / k  # the group's wall time, shared
+                loss, correct = result.loss, result.correct
+            else:
+                t0 = time.perf_counter()
+                acts = group.forward([x])
+                totals.compute[:, 0] += (time.perf_counter() - t0) / k
+                # Per device exactly what its own step sends: its slice of every array, and its labels.
+                totals.up[:, 0] += sum(a[0].nbytes for a in acts) + y[0].nbytes
+                reply = step_upper_many(link, self.client, group.device_ids, acts, y)
+                totals.down[:, 0] += sum(g[0].nbytes for g in reply.grads)
+                t0 = time.perf_counter()
+                group.backward(reply.grads)
+                totals.compute[:, 0] += (time.perf_counter() - t0) / k
+                totals.compute[:, 1:1 + reply.compute_s.shape[1]] += reply.compute_s
+                totals.up[:, 1:1 + reply.bytes_up.shape[1]] += reply.bytes_up
+                totals.down[:, 1:1 + reply.bytes_down.shape[1]] += reply.bytes_down
+                loss, correct = reply.loss, reply.correct
+            totals.loss_sum += np.asarray(loss, dtype=np.float64) * y.shape[1]
+            totals.correct += np.asarray(correct, dtype=np.int64)
+            totals.samples += y.shape[1]
+            totals.done += 1
 
     def export_stage(self, device_id: str) -> tuple[dict, dict[str, np.ndarray]]:
         """The device-side stage (weights and optimizer state): what a ring passes member to member."""
@@ -293,11 +458,12 @@ class SessionHost(ReportsPeakMemory):
     tier: int = 1
 
     def __init__(self, name: str, model_name: str, shape: InputShape, optimizer: OptimizerSpec, threads: int = 1,
-                 token: str = "", step_timeout_s: float = 60.0):
+                 token: str = "", step_timeout_s: float = 60.0, engine: str = "looped"):
         torch.set_num_threads(threads)
         self.name = name
         self.factory = StageFactory(model_name, shape)
         self.optimizer = optimizer
+        self.engines = EngineChooser(engine, self.factory, optimizer, self.tier)  # for the groups it is sent
         self.sessions: dict[str, Session] = {}
         self.token = token
         self.client = DataPlaneClient(token, step_timeout_s)
@@ -328,11 +494,78 @@ class SessionHost(ReportsPeakMemory):
         return out
 
     def _on_message(self, meta: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
-        if meta.get("op") != "step":
-            raise ValueError(f"unknown op {meta.get('op')!r}")
-        n = int(meta["n"])
-        reply = self.step(str(meta["device"]), [arrays[f"a{i}"] for i in range(n)], arrays["labels"])
-        return _reply_to_wire(reply)
+        op, n = meta.get("op"), int(meta["n"])
+        inputs = [arrays[f"a{i}"] for i in range(n)]
+        if op == "step":
+            return _reply_to_wire(self.step(str(meta["device"]), inputs, arrays["labels"]))
+        if op == "step_many":
+            devices = meta["devices"]
+            if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+                raise ValueError("step_many: expected a list of device ids")
+            return _group_reply_to_wire(self.step_many(devices, inputs, arrays["labels"]))
+        raise ValueError(f"unknown op {op!r}")
+
+    def step_many(self, device_ids: Sequence[str], arrays: list[np.ndarray], labels: np.ndarray) -> UpperGroupReply:
+        """One step of each listed session, inputs stacked on dim 0 in that order, in one call.
+
+        Every session is looked up, and every shape checked, before any is stepped: a refused
+        group changes nothing here. Where this tier's engine for the group's split and batch is
+        ``vectorized`` the sessions step as one DeviceGroup and get their own state back; else one
+        after another (each its own StageRunner). Either way each takes the step ``step`` would
+        give it (to float rounding)."""
+        k = len(device_ids)
+        if k == 0 or len(set(device_ids)) != k:
+            raise ValueError("step_many: expected distinct device ids")
+        for a in (*arrays, labels):
+            if np.ndim(a) == 0 or np.shape(a)[0] != k:
+                raise ValueError(f"step_many: expected a leading dimension of {k}, got shape {np.shape(a)}")
+        with self.lock:
+            sessions = [self.sessions[d] for d in device_ids]
+            key = sessions[0].key
+            if any(s.key != key for s in sessions):
+                raise ValueError("step_many: the group's sessions have different splits")
+            if self.engines.engine(key, int(np.shape(labels)[1]), k) == "vectorized":
+                return self._step_group(device_ids, sessions, arrays, labels)
+            return self._step_many(device_ids, sessions, arrays, labels)
+
+    def _step_group(self, device_ids, sessions, arrays, labels) -> UpperGroupReply:
+        """The sessions as one stacked stage: one vmapped step (one message on to the cloud if this
+        is a 3-tier split's edge); the sessions are written back only once the step has succeeded."""
+        k, key = len(sessions), sessions[0].key
+        group = DeviceGroup(self.factory, key, self.optimizer,
+                            {d: DeviceState(partition_state(s.runner), optimizer_state(s.runner))
+                             for d, s in zip(device_ids, sessions, strict=True)}, self.tier)
+        above = key.n_tiers - self.tier  # tiers from this one up
+        compute = np.zeros((k, above))
+        up = np.zeros((k, above - 1), dtype=np.int64)
+        down = np.zeros((k, above - 1), dtype=np.int64)
+        t0 = time.perf_counter()
+        if above == 1:
+            grads, result = group.forward_loss_backward(arrays, labels, track_input_grad=True)
+            loss, correct = result.loss, result.correct
+            own_s = time.perf_counter() - t0
+        else:
+            outs = group.forward(arrays, track_input_grad=True)
+            own_s = time.perf_counter() - t0
+            reply = step_upper_many(self.cloud, self.client, device_ids, outs, labels)
+            t0 = time.perf_counter()
+            grads = group.backward(reply.grads)
+            own_s += time.perf_counter() - t0
+            loss, correct = reply.loss, reply.correct
+            compute[:, 1:] = reply.compute_s
+            up[:, 0] = sum(o[0].nbytes for o in outs) + labels[0].nbytes  # per device, as step counts it
+            down[:, 0] = sum(g[0].nbytes for g in reply.grads)
+        compute[:, 0] = own_s / k  # the group's wall time, shared
+        for d, s in zip(device_ids, sessions, strict=True):
+            state = group.state_of(d)
+            load_partition(s.runner, state.weights)
+            load_optimizer_state(s.runner, state.optimizer)
+            s.steps_done += 1
+        return UpperGroupReply(grads, np.asarray(loss, dtype=np.float64), np.asarray(correct, dtype=np.int64),
+                               compute, up, down)
+
+    def _step_many(self, device_ids, sessions, arrays, labels) -> UpperGroupReply:
+        raise NotImplementedError  # each tier says how its sessions step
 
     def node_id(self) -> str:
         import ray
@@ -440,8 +673,8 @@ class EdgeServer(SessionHost):
     tier = 1
 
     def __init__(self, name: str, model_name: str, shape: InputShape, optimizer: OptimizerSpec, cloud=None,
-                 threads: int = 1, token: str = "", step_timeout_s: float = 60.0):
-        super().__init__(name, model_name, shape, optimizer, threads, token, step_timeout_s)
+                 threads: int = 1, token: str = "", step_timeout_s: float = 60.0, engine: str = "looped"):
+        super().__init__(name, model_name, shape, optimizer, threads, token, step_timeout_s, engine)
         self.cloud = cloud  # a Ray handle, or the cloud's data-plane endpoint once set
 
     def set_cloud_endpoint(self, endpoint: str) -> None:
@@ -469,11 +702,60 @@ class EdgeServer(SessionHost):
         return UpperReply(grads, reply.loss, reply.correct, (edge_s, reply.compute_s[0]),
                           (wire_bytes(outs) + labels.nbytes,), (wire_bytes(reply.grads),))
 
+    def _step_many(self, device_ids, sessions, arrays, labels) -> UpperGroupReply:
+        k = len(sessions)
+        if sessions[0].key.n_tiers == 2:
+            return _top_step_many(sessions, arrays, labels, 2)
+        # 3 tiers: each session's forward, the group's one message to the cloud, each one's backward.
+        edge_s = np.zeros(k)
+        outs = []
+        for i, session in enumerate(sessions):
+            session.steps_done += 1
+            t0 = time.perf_counter()
+            outs.append(session.runner.forward([a[i] for a in arrays], track_input_grad=True))
+            edge_s[i] = time.perf_counter() - t0
+        stacked = [np.stack([o[j] for o in outs]) for j in range(len(outs[0]))]
+        reply = step_upper_many(self.cloud, self.client, device_ids, stacked, labels)
+        grads = []
+        for i, session in enumerate(sessions):
+            t0 = time.perf_counter()
+            grads.append(session.runner.backward([g[i] for g in reply.grads]))
+            edge_s[i] += time.perf_counter() - t0
+        up = np.array([[wire_bytes(o) + labels[i].nbytes] for i, o in enumerate(outs)], dtype=np.int64)
+        down = np.array([[wire_bytes([g[i] for g in reply.grads])] for i in range(k)], dtype=np.int64)
+        return UpperGroupReply(_stack_grads(grads), reply.loss, reply.correct,
+                               np.stack([edge_s, reply.compute_s[:, 0]], axis=1), up, down)
+
+
+def _stack_grads(per_session: list[list[np.ndarray]]) -> list[np.ndarray]:
+    return [np.stack([g[j] for g in per_session]) for j in range(len(per_session[0]))]
+
+
+def _top_step_many(sessions: Sequence[Session], arrays: list[np.ndarray], labels: np.ndarray,
+                   tiers_above_caller: int) -> UpperGroupReply:
+    """The top stage of each session in turn: forward, loss, backward, step (what ``step`` does)."""
+    k = len(sessions)
+    grads, loss, correct = [], np.zeros(k), np.zeros(k, dtype=np.int64)
+    compute = np.zeros((k, tiers_above_caller))
+    for i, session in enumerate(sessions):
+        session.steps_done += 1
+        t0 = time.perf_counter()
+        g, loss[i], correct[i] = session.runner.forward_loss_backward([a[i] for a in arrays], labels[i],
+                                                                      track_input_grad=True)
+        compute[i, 0] = time.perf_counter() - t0
+        grads.append(g)
+    links = tiers_above_caller - 1
+    return UpperGroupReply(_stack_grads(grads), loss, correct, compute, np.zeros((k, links), dtype=np.int64),
+                           np.zeros((k, links), dtype=np.int64))
+
 
 class Cloud(SessionHost):
     """Trains the cloud-side layers of 3-tier splits; always the top stage, so it computes the loss."""
 
     tier = 2
+
+    def _step_many(self, device_ids, sessions, arrays, labels) -> UpperGroupReply:
+        return _top_step_many(sessions, arrays, labels, 1)
 
     def step(self, device_id: str, arrays: list[np.ndarray], labels: np.ndarray) -> UpperReply:
         with self.lock:
