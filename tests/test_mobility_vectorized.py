@@ -1,13 +1,13 @@
 """The vectorized mobility and handover paths against the per-device implementations they replaced.
 
-``LoopedWaypoint``, ``LoopedTrace`` and ``LoopedDetector`` are the code as it was before positions
-became arrays (one Python loop per device); the new code must give the same floats and the same
-handovers in the same order, exactly, on the same inputs.
+``LoopedWaypoint``, ``LoopedTrace`` and ``LoopedDetector`` are the loops as they were before positions
+became arrays (one Python loop per device, over the per-device rules ``_Path.at`` and
+``HandoverDetector.choose``, which the arrays did not change); the new code must give the same floats
+and the same handovers in the same order, exactly, on the same inputs.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 
 import numpy as np
@@ -15,22 +15,7 @@ import pytest
 
 from tierflow.migration.handover import EdgeSite, Handover, HandoverDetector, handovers_between
 from tierflow.migration.mobility import RandomWaypoint, TraceMobility, TraceSample
-
-
-class LoopedPath:
-    def __init__(self, times, points):
-        self.times, self.points = times, points
-
-    def at(self, t):
-        i = bisect.bisect_right(self.times, t)
-        if i == 0:
-            return self.points[0]
-        if i == len(self.times):
-            return self.points[-1]
-        t0, t1 = self.times[i - 1], self.times[i]
-        (x0, y0), (x1, y1) = self.points[i - 1], self.points[i]
-        f = 0.0 if t1 == t0 else (t - t0) / (t1 - t0)
-        return (x0 + f * (x1 - x0), y0 + f * (y1 - y0))
+from tierflow.migration.mobility import _Path as LoopedPath  # the per-device rule, unchanged
 
 
 class LoopedWaypoint:
@@ -64,22 +49,8 @@ class LoopedWaypoint:
         return out
 
 
-class LoopedDetector:
-    def __init__(self, edges, hysteresis_m, initial=None):
-        self.edges, self.hysteresis_m = list(edges), float(hysteresis_m)
-        names = {e.name for e in self.edges}
-        self.current = {d: (e if e in names else None) for d, e in (initial or {}).items()}
-
-    def choose(self, device, p):
-        covering = sorted((e.distance(p), e.name) for e in self.edges if e.distance(p) <= e.radius_m)
-        if not covering:
-            return None
-        best_d, best = covering[0]
-        cur = self.current.get(device)
-        for dist, name in covering:
-            if name == cur and dist - best_d <= self.hysteresis_m:
-                return cur
-        return best
+class LoopedDetector(HandoverDetector):
+    """The detector's per-device rule (``choose``, unchanged) applied one device at a time, as before."""
 
     def update(self, t_s, positions):
         events = []
