@@ -61,11 +61,37 @@ def test_poisoned_device_is_rejected_and_the_model_stays_finite(ray_session, tmp
     assert summary["final_accuracy"] > 0.5  # still learning (chance is 0.1); ten short rounds, not a target
 
 
+def wait_for_a_scrape(base_url: str, after: float, timeout_s: float = 10.0) -> None:
+    """Block until Prometheus has scraped the exporter at a time later than ``after`` (epoch seconds)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = query(base_url, 'timestamp(up{job="tierflow"})')
+        if result and float(result[0]["value"][1]) > after:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"prometheus did not scrape the exporter within {timeout_s} s")
+
+
+def scrape_paced(base_url: str, observe):
+    """An event sink that lets Prometheus scrape after the run starts and after every round.
+
+    rate() over a window needs a counter to change between two scrapes. A short run can finish
+    between two 1 s scrapes, which no dashboard user sees (their rounds last longer than the
+    scrape interval); pacing on real scrapes gives every run that timeline, however fast it is.
+    """
+    def sink(event) -> None:
+        observe(event)
+        if event["event"] in ("run_start", "round_end"):
+            wait_for_a_scrape(base_url, after=time.time())
+    return sink
+
+
 @pytest.mark.ray
 @pytest.mark.skipif(PROMETHEUS is None, reason="the prometheus binary is not installed (CI installs it)")
 def test_dashboard_queries_have_data_from_a_real_run(ray_session, tmp_path, prometheus, exporter):  # noqa: F811
     run_scenario(poisoned_moving_scenario(tmp_path),
-                 RunOptions(out_dir=tmp_path, progress=False, event_sinks=(exporter.observe,)))
+                 RunOptions(out_dir=tmp_path, progress=False,
+                            event_sinks=(scrape_paced(prometheus, exporter.observe),)))
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [(p["title"], concrete(t["expr"])) for p in dashboard["panels"] if p.get("type") != "row"
              for t in p.get("targets", [])
