@@ -38,18 +38,14 @@ SPLITS = {
 # lr 0.01 a run of this test once ended 1e-5 apart, so no engine could be told from noise there. A
 # smaller rate keeps the comparison meaningful.
 LR = {"resnet_small": 0.003}
-# VGG-5's vmapped convolutions are grouped convolutions, which sum in another order than the
-# looped ones; over 48 steps of momentum SGD five runs here ended 5e-7 to 3e-5 apart (the spread
-# between runs is itself not yet explained: see the whole-run cases below). A device mixed with
-# another, or a wrong update, moves weights by lr * grad, far more, so 2e-4 still tells a bug.
-WEIGHT_TOL = {"vgg5": 2e-4}
-# resnet_small's whole run is left to the unit oracle (tests/test_device_group.py, per-device batch
-# norm to 1e-5): through a whole run, chaotic batch norm on batches of 4 ended 1e-7 to 2e-4 apart
-# from run to run, which no fixed tolerance separates from a bug.
-WHOLE_RUN_MODELS = ("mlp", "vgg5")
+# Compute is charged from FLOPs, not from a layer profile timed on this host: a profile timed afresh
+# (each test session has its own cache) moves the handovers, so each session trained another city,
+# and the engines' rounding gap wandered with it (vgg5 6e-8 to 3e-5). On one city the gap is fixed:
+# vgg5 3e-8 and resnet_small 6e-8 here, each engine the same to the bit from run to run.
+WHOLE_RUN_MODELS = ("mlp", "vgg5", "resnet_small")
 
 
-def _scenario(tmp_path: Path, model: str, engine: str, rounds: int = 3) -> Path:
+def _scenario(tmp_path: Path, model: str, engine: str) -> Path:
     doc = yaml.safe_load(CITY.read_text())
     split, phone_split = SPLITS[model]
     doc["model"] = {"name": model}
@@ -60,9 +56,9 @@ def _scenario(tmp_path: Path, model: str, engine: str, rounds: int = 3) -> Path:
     phone["count"] = 4  # two per host, on one edge at first: a 3-tier group
     solo = {**cars, "name": "solo", "count": 3, "split": []}
     doc["devices"] = [cars, phone, solo]
-    doc["training"]["rounds"] = rounds
+    doc["training"]["rounds"] = 3
     doc["training"]["optimizer"]["lr"] = LR.get(model, doc["training"]["optimizer"]["lr"])
-    doc["execution"] = {"engine": engine, "device_hosts": 2}
+    doc["execution"] = {"engine": engine, "device_hosts": 2, "compute": "flops"}  # see WHOLE_RUN_MODELS
     path = tmp_path / f"{model}-{engine}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -100,12 +96,15 @@ def _max_float_diff(a, b, path: str = "") -> float:
 def test_vectorized_run_equals_looped_run(ray_session, tmp_path, model):
     looped_model, looped_events, looped_summary = _run(tmp_path, model, "looped")
     vec_model, vec_events, vec_summary = _run(tmp_path, model, "vectorized")
+    for events in (looped_events, vec_events):  # a timeout under overload changes a run: say so first
+        failures = [e for e in events if e["event"] == "failure"]
+        assert not failures, f"a device failed, so the runs cannot be compared: {failures[0]}"
 
     assert looped_model.keys() == vec_model.keys()
     weight_diff = max(float(np.max(np.abs(looped_model[k].astype(np.float64) - vec_model[k])))
                       for k in looped_model)
     print(f"{model}: max weight diff {weight_diff:.3g}")
-    assert weight_diff <= WEIGHT_TOL.get(model, TOL), weight_diff
+    assert weight_diff <= TOL, weight_diff
 
     assert len(looped_events) == len(vec_events)
     event_diff = max(_max_float_diff(_comparable(a), _comparable(b), a["event"])
@@ -121,6 +120,17 @@ def test_vectorized_run_equals_looped_run(ray_session, tmp_path, model):
     assert looped_summary["bytes_up"] == vec_summary["bytes_up"]
     assert looped_summary["bytes_down"] == vec_summary["bytes_down"]
     assert looped_summary["virtual_time_s"] == vec_summary["virtual_time_s"]
+
+
+@pytest.mark.ray
+def test_two_vectorized_runs_are_the_same_to_the_bit(ray_session, tmp_path):
+    """Grouped convolutions and batched edge steps leave nothing to timing: a second run repeats the first."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first_model, first_events, _ = _run(tmp_path / "a", "vgg5", "vectorized")
+    second_model, second_events, _ = _run(tmp_path / "b", "vgg5", "vectorized")
+    assert first_model.keys() == second_model.keys()
+    assert all(np.array_equal(first_model[k], second_model[k]) for k in first_model)
+    assert [_comparable(e) for e in first_events] == [_comparable(e) for e in second_events]
 
 
 # ----- one host, no Ray: how jobs fall into groups, and failures that stay per device -----
@@ -149,7 +159,8 @@ def _device_weights(host, device_id):
 
 def test_a_session_the_edge_lacks_fails_only_its_device():
     """The edge refuses the whole group's first step (it holds no session for d1); the host retries the
-    group device by device, so d1 fails and the others train exactly as the loop trains them."""
+    group device by device, so d1 fails and the others train exactly as the loop trains them (and
+    report the loop as their engine)."""
     looped, looped_edge, ids = _host_and_edge("looped")
     vec, vec_edge, _ = _host_and_edge("vectorized")
     for edge in (looped_edge, vec_edge):
@@ -157,6 +168,7 @@ def test_a_session_the_edge_lacks_fails_only_its_device():
     want = {r.device_id: r for r in looped.train_many([(d, 3, looped_edge, "e") for d in ids])}
     got = {r.device_id: r for r in vec.train_many([(d, 3, vec_edge, "e") for d in ids])}
     assert "KeyError" in got["d1"].error and "KeyError" in want["d1"].error
+    assert {r.engine for r in got.values()} == {"looped"}  # retried one by one: it says so
     for d in ids:
         assert (got[d].steps, got[d].bytes_up, got[d].bytes_down, bool(got[d].error)) == \
                (want[d].steps, want[d].bytes_up, want[d].bytes_down, bool(want[d].error)), d

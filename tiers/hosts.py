@@ -351,7 +351,8 @@ class DeviceHost(ReportsPeakMemory):
 
         A refusal the edge answers before anything has stepped (a session it does not hold) says
         nothing about the other devices, so the group is retried device by device, as the loop
-        would have met it; any other failure (a dead edge) fails the group's devices."""
+        would have met it, and those devices report the engine that trained them, ``looped``; any
+        other failure (a dead edge) fails the group's devices."""
         ids = [j[0] for j in jobs]
         devices = [self.devices[d] for d in ids]
         sessions = [d.session for d in devices]
@@ -368,7 +369,7 @@ class DeviceHost(ReportsPeakMemory):
             if totals.done == 0:  # nothing stepped: draw the same batches again, one device at a time
                 for d, snap in zip(devices, samplers, strict=True):
                     d.sampler.restore(snap)
-                return [replace(self._train_one(j), engine="vectorized") for j in jobs]
+                return [replace(self._train_one(j), engine="looped") for j in jobs]
             return [replace(self._failed(j, exc), engine="vectorized") for j in jobs]
         reports = []
         for k, (job, s) in enumerate(zip(jobs, sessions, strict=True)):
