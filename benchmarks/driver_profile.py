@@ -111,6 +111,9 @@ class NoTrainFleet(Fleet):
     def refused_counts(self, timeout_s: float) -> dict[str, dict]:
         return {}
 
+    def peak_rss_bytes(self, timeout_s: float) -> dict[str, int]:
+        return {}  # no actor: the driver's own peak is measured by the run
+
     def snapshot(self) -> ActorsSnapshot:
         state = self._state.ref if hasattr(self._state, "ref") else self._state
         devices, sessions = {}, {name: {} for name in [*self.edges, CLOUD]}
