@@ -145,6 +145,7 @@ STATE = Fields({
     "profile_digest": Nullable(TEXT),
     "round_policy": ANY_MAP,
     "cohort": Nullable(ListOf(TEXT)),
+    "engines": MapOf(MapOf(TEXT)),
 })
 DOCUMENT = Fields({"state": STATE, "devices": MapOf(ANY_MAP), "sessions": MapOf(MapOf(ANY_MAP))})
 

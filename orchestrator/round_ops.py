@@ -99,6 +99,18 @@ class RoundOps:
             self.engines_seen[(host, label)] = r.engine
             self.emit(ev.EngineChoice(**self.stamp(), host=host, key=label, engine=r.engine))
 
+    def export_engines(self) -> dict[str, dict[str, str]]:
+        """The choices announced so far (host -> label -> engine), for a checkpoint: a resumed run
+        neither announces them again nor forgets them in its summary."""
+        out: dict[str, dict[str, str]] = {}
+        for (host, label), engine in sorted(self.engines_seen.items()):
+            out.setdefault(host, {})[label] = engine
+        return out
+
+    def import_engines(self, engines: dict[str, dict[str, str]]) -> None:
+        self.engines_seen = {(host, label): engine for host, by_label in engines.items()
+                             for label, engine in by_label.items()}
+
     def engine_summary(self) -> dict[str, str]:
         """Per split and batch shape, the engine every host chose ("mixed: ..." where they differ)."""
         by_label: dict[str, dict[str, str]] = {}

@@ -46,6 +46,7 @@ class RunCheckpoint:
     profile_digest: str | None
     round_policy: dict[str, Any]
     cohort: list[str] | None  # the next round's devices (training.devices_per_round); None: all
+    engines: dict[str, dict[str, str]]  # host -> engine label -> engine: choices already announced
 
     def to_json(self) -> dict:
         doc = {f.name: getattr(self, f.name) for f in fields(self)}

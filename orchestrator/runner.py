@@ -118,7 +118,7 @@ class Orchestrator:
             edges=list(self.fleet.edges), lost_hosts=sorted(self.fleet.lost_hosts),
             **self.placement.export_state(),
             profile_digest=profile_digest(self.profile), round_policy=self.round_policy.export_state(),
-            cohort=None if st.cohort is None else sorted(st.cohort))
+            cohort=None if st.cohort is None else sorted(st.cohort), engines=self.ops.export_engines())
         save_checkpoint(self.options.out_dir,
                         Checkpoint(doc.to_json(), st.global_state, snapshot.devices, snapshot.sessions))
 
@@ -136,6 +136,7 @@ class Orchestrator:
         st.splits, st.session_at = dict(doc.splits), dict(doc.session_at)
         st.pending_extra_s = {d: float(v) for d, v in doc.pending_extra_s.items()}
         st.cohort = None if doc.cohort is None else frozenset(doc.cohort)
+        self.ops.import_engines(doc.engines)
         self.placement.import_state(ckpt.state, st.splits)
         self.round_policy.import_state(doc.round_policy)
         self.sim.trajectories.resume(self.options.out_dir, doc.round)

@@ -26,7 +26,7 @@ def valid_state(round_: int, fingerprint: str = "f" * 64, scenario_path: str = "
         "detector": {"d0": "e0"}, "edges": ["e0"], "lost_hosts": [], "measured_flops": {},
         "splits": {"d0": split()}, "plans": {"d0": {"edge": "e0", "period_s": 0.5}}, "pending_extra_s": {},
         "switch_from": {}, "observed": {"d0": ["e0", [1.0, 2.0, 3.0, 4.0]]}, "profile_digest": None,
-        "round_policy": {}, "cohort": None,
+        "round_policy": {}, "cohort": None, "engines": {"host0": {"vgg5|[3]|16": "looped"}},
     }
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from tierflow.orchestrator.checkpoint import load_checkpoint
 from tierflow.orchestrator.errors import TierflowError
+from tierflow.orchestrator.events import WALL_CLOCK_FIELDS
 from tierflow.orchestrator.runner import RunOptions, run_scenario
 from tierflow.orchestrator.scenario import load_scenario
 
@@ -100,6 +101,15 @@ def test_killed_run_resumes_to_the_same_final_weights(ray_session, tmp_path):
     rounds = [e["round"] for e in events if e["event"] == "round_end"]
     assert rounds == [1, 2, 3, 4, 5]  # the interrupted round's partial events were dropped, none repeated
     assert np.isclose(summary["virtual_time_s"], events[-1]["virtual_time_s"])
+    # Event for event the uninterrupted run's (engine choices are not announced twice), but for wall clocks.
+    whole_events = [json.loads(line) for line in (tmp_path / "whole" / "events.jsonl").read_text().splitlines()]
+    assert [without_wall_clocks(e) for e in events if e["event"] != "run_resumed"] == \
+           [without_wall_clocks(e) for e in whole_events]
+    assert summary["engine"] == whole["engine"]
+
+
+def without_wall_clocks(event: dict) -> dict:
+    return {k: v for k, v in event.items() if k not in WALL_CLOCK_FIELDS}
 
 
 def test_resume_refuses_a_changed_scenario_and_a_missing_checkpoint(ray_session, tmp_path):
