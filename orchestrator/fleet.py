@@ -434,9 +434,10 @@ class Fleet:
     def drop_dead_edges(self) -> list[str]:
         """Forget the edges that are gone (their host died, or they were killed in it); returns their names."""
         dead = []
-        for name, edge in list(self.edges.items()):
+        pings = {name: edge.ping.remote(name) for name, edge in self.edges.items()}  # all in flight at once
+        for name, ref in pings.items():
             try:
-                alive = ray.get(edge.ping.remote(name), timeout=5) == name
+                alive = ray.get(ref, timeout=5) == name
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                 alive = False
             if not alive:
