@@ -462,11 +462,11 @@ class Fleet:
 
     def refused_counts(self, timeout_s: float) -> dict[str, dict]:
         """Each answering server's cumulative counts of messages its zmq ports refused; an edge host's
-        ports are shared, so they are counted once, under the first edge it still serves."""
-        first: dict[Any, str] = {}
-        for name, actor in self.edges.items():
-            first.setdefault(actor, name)
-        actors = {CLOUD: self.cloud, **{name: actor for actor, name in first.items()}}
+        ports are shared, so they are counted once, under the first edge it was started with (a
+        fixed name, as the counts are cumulative), while any of its edges is alive."""
+        actors = {CLOUD: self.cloud, **{names[0]: actor for actor, names in zip(self.edge_hosts, self.edge_names,
+                                                                               strict=True)
+                                        if any(n in self.edges for n in names)}}
         refs = {actors[name].refused_counts.remote(): name for name in actors}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
         out = {}
