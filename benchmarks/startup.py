@@ -66,7 +66,7 @@ def quickstart_actors() -> int:
     from tierflow.orchestrator.scenario import load_scenario
 
     sc = load_scenario(str(SCENARIO))
-    return 1 + len(sc.edges) + min(sc.execution.device_hosts, len(sc.devices))
+    return 1 + min(sc.execution.edge_hosts, len(sc.edges)) + min(sc.execution.device_hosts, len(sc.devices))
 
 
 def main() -> None:

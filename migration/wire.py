@@ -171,6 +171,11 @@ class WireDecoder:
             raise WireError(f"array {name!r}: shape {shape}: {exc}") from exc
         self._i, self._k, self._crc, self._out = self._i + 1, 0, 0, None
 
+    @property
+    def next_array(self) -> str | None:
+        """The name of the array the next frame belongs to (None once every array is complete)."""
+        return self._plan[self._i][0] if self._i < len(self._plan) else None
+
     def feed(self, frame) -> None:
         if self._i >= len(self._plan):
             raise WireError("unexpected extra frame")

@@ -6,6 +6,9 @@ brings back typed results. Every Ray call (actor start and stop, ``.remote``, ``
 its place (a subclass that kills an actor before a call) and the rest of the run sees only the
 results: failures are data (``TrainBatch.failed``, ``MigrationOutcome.ok``), never a Ray exception.
 
+Edge servers are logical: ``execution.edge_hosts`` actors hold them all (tiers/edge_host.py), and
+every edge call here names its edge, so the rest of the orchestrator sees edges by name only.
+
 What the fleet tracks is what only it can know: which actors answer (``lost_hosts``; an edge
 that stopped answering is dropped by ``drop_dead_edges``) and where each one's endpoints are.
 Where a device's session is, and with which split, is the caller's state, given with each call.
@@ -24,9 +27,10 @@ import ray
 from tierflow.migration.outcome import MigrationOutcome
 from tierflow.orchestrator.aggregation import restrict
 from tierflow.orchestrator.scenario import CLOUD_EDGE, Scenario
-from tierflow.tiers.actors import CloudActor, DeviceHostActor, EdgeActor, actor_options
+from tierflow.tiers.actors import CloudActor, DeviceHostActor, EdgeHostActor, actor_options
 from tierflow.tiers.aggregate import WeightedSum
-from tierflow.tiers.hosts import DeviceSetup, TrainReport
+from tierflow.tiers.edge_host import assign_edges
+from tierflow.tiers.hosts import DeviceSetup, TrainReport, route
 from tierflow.tiers.session import SplitKey
 
 State = Mapping[str, np.ndarray]
@@ -126,7 +130,8 @@ def dataplane_host() -> str | None:
 
 
 class Fleet:
-    """One cloud actor, one actor per edge server, and ``execution.device_hosts`` device hosts."""
+    """One cloud actor, ``execution.edge_hosts`` edge hosts holding the logical edge servers, and
+    ``execution.device_hosts`` device hosts."""
 
     def __init__(self, scenario: Scenario, shape, host_of: Mapping[str, int]):
         self.scenario = scenario
@@ -136,9 +141,11 @@ class Fleet:
         self.migration_key = secrets.token_bytes(32)  # per run: the edges' migration channel
         self.token = secrets.token_hex(16)  # per run: data-plane messages without it are refused
         self.lost_hosts: set[int] = set()  # device hosts that died or missed a deadline, until they answer
-        self.edges: dict[str, Any] = {}
-        self.endpoints: dict[str, str] = {}
-        self.receivers: dict[str, str] = {}
+        self.edges: dict[str, Any] = {}  # live logical edge -> the actor of its host
+        self.endpoints: dict[str, str] = {}  # logical edge -> its host's data-plane endpoint
+        self.receivers: dict[str, str] = {}  # logical edge -> its host's migration receiver
+        self.edge_hosts: list[Any] = []
+        self.edge_names: list[list[str]] = []  # per edge host, the logical edges it was started with
 
     # ----- life -----
     def start(self, setups: Sequence[Sequence[DeviceSetup]]) -> None:
@@ -151,8 +158,10 @@ class Fleet:
         opt, model, timeout = sc.training.optimizer, sc.model.name, sc.policy.step_timeout_s
         self.cloud = CloudActor.options(**actor_options("cloud")).remote(
             CLOUD, model, self.shape, opt, 1, self.token, timeout, sc.execution.engine)
-        edges = {e.name: EdgeActor.options(**actor_options("edge")).remote(
-            e.name, model, self.shape, opt, self.cloud, 1, self.token, timeout, sc.execution.engine) for e in sc.edges}
+        self.edge_names = assign_edges([e.name for e in sc.edges], sc.execution.edge_hosts)
+        self.edge_hosts = [EdgeHostActor.options(**actor_options("edge")).remote(
+            f"edges{h}", names, model, self.shape, opt, self.cloud, 1, self.token, timeout, sc.execution.engine)
+            for h, names in enumerate(self.edge_names)]
         # A device host holds no state the orchestrator cannot give it again, so Ray may restart it;
         # its devices then rejoin at the next period.
         self.hosts = [DeviceHostActor.options(**actor_options("device", max_restarts=DEVICE_HOST_RESTARTS)).remote(
@@ -160,41 +169,67 @@ class Fleet:
             for i in range(self.n_hosts)]
         self.bind = dataplane_host()
         cloud_endpoint = self.cloud.start_dataplane.remote(self.bind)
-        wiring = [self._wire_edge_calls(actor, cloud_endpoint) for actor in edges.values()]
+        wiring = [self._wire_edge_calls(actor, cloud_endpoint) for actor in self.edge_hosts]
         added = [host.add_devices.remote(list(setups[h])) for h, host in enumerate(self.hosts)]
         got = ray.get([cloud_endpoint, *(c for calls in wiring for c in calls), *added])
         self.cloud_endpoint = got[0]
-        for k, (name, actor) in enumerate(edges.items()):
-            endpoint, _, receiver = got[1 + 3 * k:4 + 3 * k]
+        for k, actor in enumerate(self.edge_hosts):
+            self._add_edges(self.edge_names[k], actor, got[1 + 3 * k], got[3 + 3 * k])
+
+    def _add_edges(self, names: Sequence[str], actor, endpoint: str, receiver: str) -> None:
+        for name in names:
             self.edges[name], self.endpoints[name], self.receivers[name] = actor, endpoint, receiver
 
+    def _edge(self, name: str, method: str, *args):
+        """One control call of the logical edge ``name``, sent to its host."""
+        return self.edges[name].on.remote(name, method, *args)
+
     def _wire_edge_calls(self, actor, cloud_endpoint) -> list:
-        """An edge's data plane, its link to the cloud's and its migration receiver: three calls in flight."""
+        """An edge host's data plane, its link to the cloud's and its migration receiver: three calls in flight."""
         return [actor.start_dataplane.remote(self.bind), actor.set_cloud_endpoint.remote(cloud_endpoint),
                 actor.start_migration_receiver.remote(self.migration_key, self.bind)]
 
-    def _wire_edge(self, name: str, actor) -> None:
-        endpoint, _, receiver = ray.get(self._wire_edge_calls(actor, self.cloud_endpoint))
-        self.edges[name], self.endpoints[name], self.receivers[name] = actor, endpoint, receiver
-
     def ensure_cloud_edge(self) -> str:
-        """Start (once) the cloud's own edge-tier actor: the server of last resort for re-homed devices."""
+        """Start (once) the cloud's own edge-tier host: the server of last resort for re-homed devices."""
         if CLOUD_EDGE not in self.edges:
             sc = self.scenario
-            actor = EdgeActor.options(**actor_options("cloud")).remote(
-                CLOUD_EDGE, sc.model.name, self.shape, sc.training.optimizer, self.cloud, 1, self.token,
-                sc.policy.step_timeout_s, sc.execution.engine)
-            self._wire_edge(CLOUD_EDGE, actor)
+            actor = EdgeHostActor.options(**actor_options("cloud")).remote(
+                f"edges{len(self.edge_hosts)}", [CLOUD_EDGE], sc.model.name, self.shape, sc.training.optimizer,
+                self.cloud, 1, self.token, sc.policy.step_timeout_s, sc.execution.engine)
+            endpoint, _, receiver = ray.get(self._wire_edge_calls(actor, self.cloud_endpoint))
+            self.edge_hosts.append(actor)
+            self.edge_names.append([CLOUD_EDGE])
+            self._add_edges([CLOUD_EDGE], actor, endpoint, receiver)
         return CLOUD_EDGE
 
+    def _per_edge(self, method: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """``method()`` of each live edge's host, asked once per host; an edge's answer is its host's
+        (what a logical edge shares with its host-mates: its process, its node, its ports)."""
+        hosts: dict[Any, list[str]] = {}
+        for name, actor in self.edges.items():
+            hosts.setdefault(actor, []).append(name)
+        refs = {getattr(actor, method).remote(): names for actor, names in hosts.items()}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        out = {}
+        for ref in ready:
+            try:
+                value = ray.get(ref)
+            except ray.exceptions.RayError:  # a dead host: its failure is reported where it is found
+                continue
+            out.update(dict.fromkeys(refs[ref], value))
+        return out
+
     def actor_nodes(self) -> dict[str, str]:
-        """Which Ray node each actor runs on (the summary shows where a cluster put them)."""
-        names = ["cloud", *(f"edge:{n}" for n in self.edges), *(f"devices:{i}" for i in range(self.n_hosts))]
-        actors = [self.cloud, *self.edges.values(), *self.hosts]
-        return dict(zip(names, ray.get([a.node_id.remote() for a in actors]), strict=True))
+        """Which Ray node each actor runs on (the summary shows where a cluster put them); an edge's
+        is its host's."""
+        edges = self._per_edge("node_id")
+        names = ["cloud", *(f"devices:{i}" for i in range(self.n_hosts))]
+        got = dict(zip(names, ray.get([a.node_id.remote() for a in [self.cloud, *self.hosts]]), strict=True))
+        return {"cloud": got["cloud"], **{f"edge:{n}": edges[n] for n in self.edges},
+                **{n: got[n] for n in names[1:]}}
 
     def stop(self) -> None:
-        for actor in [self.cloud, *self.edges.values(), *self.hosts]:
+        for actor in [self.cloud, *self.edge_hosts, *self.hosts]:
             ray.kill(actor)
 
     def share(self, state: State) -> Shared:
@@ -203,8 +238,9 @@ class Fleet:
     def _ref(self, state: State | Shared):
         return state.ref if isinstance(state, Shared) else ray.put(dict(state))
 
-    def _server(self, name: str):
-        return self.cloud if name == CLOUD else self.edges[name]
+    def _server_call(self, name: str, method: str, *args):
+        """A SessionHost call on the cloud or on a logical edge."""
+        return getattr(self.cloud, method).remote(*args) if name == CLOUD else self._edge(name, method, *args)
 
     def is_hosted(self, device_id: str) -> bool:
         return self.host_of[device_id] not in self.lost_hosts
@@ -233,25 +269,25 @@ class Fleet:
                            optimizer_state: dict | None) -> list:
         calls = []
         if key.n_tiers >= 2 and edge is not None:
-            calls.append(self.edges[edge].open_session.remote(session_id, key, ref, weight, optimizer_state))
+            calls.append(self._edge(edge, "open_session", session_id, key, ref, weight, optimizer_state))
         if key.n_tiers == 3:
             calls.append(self.cloud.open_session.remote(session_id, key, ref, weight, optimizer_state))
         return calls
 
     def close_sessions(self, where: Iterable[tuple[str, str]]) -> None:
         """Drop sessions, each named by (server, session id); a server that is gone holds nothing."""
-        ray.get([self._server(server).close_session.remote(sid) for server, sid in where
+        ray.get([self._server_call(server, "close_session", sid) for server, sid in where
                  if server == CLOUD or server in self.edges])
 
     def session_ids(self) -> dict[str, list[str]]:
         """Every server's open sessions."""
         names = [*self.edges, CLOUD]
-        return dict(zip(names, ray.get([self._server(n).session_ids.remote() for n in names]), strict=True))
+        return dict(zip(names, ray.get([self._server_call(n, "session_ids") for n in names]), strict=True))
 
     def optimizer_states(self, parts: Mapping[str, Sequence[str]]) -> dict[str, dict]:
         """Each device's optimizer state, merged over the places listed for it ("host", an edge, "cloud")."""
         refs = {d: [self.hosts[self.host_of[d]].optimizer_state.remote(d) if p == "host"
-                    else self._server(p).optimizer_state.remote(d) for p in places]
+                    else self._server_call(p, "optimizer_state", d) for p in places]
                 for d, places in parts.items()}
         got = iter(ray.get([r for rs in refs.values() for r in rs]))
         out: dict[str, dict] = {}
@@ -274,7 +310,7 @@ class Fleet:
                 calls.append(host.load_weights.remote(mine, ref))
         for server, ids in served.items():
             if ids:
-                calls.append(self._server(server).load_weights.remote(list(ids), ref))
+                calls.append(self._server_call(server, "load_weights", list(ids), ref))
         ray.get(calls)
 
     def weighted_sums(self, groups: Mapping[str, Sequence[str]], session_at: Mapping[str, str | None]
@@ -285,9 +321,9 @@ class Fleet:
             if h not in self.lost_hosts:
                 mine = {d for d, hh in self.host_of.items() if hh == h}
                 calls.append(host.weighted_sums.remote(restrict(groups, mine)))
-        for name, edge in self.edges.items():
+        for name in self.edges:
             served = {d for d, e in session_at.items() if e == name}
-            calls.append(edge.weighted_sums.remote(restrict(groups, served)))
+            calls.append(self._edge(name, "weighted_sums", restrict(groups, served)))
         calls.append(self.cloud.weighted_sums.remote(dict(groups)))
         totals = {g: WeightedSum() for g in groups}
         for part in ray.get(calls):
@@ -303,7 +339,7 @@ class Fleet:
         for job in sorted(jobs, key=lambda j: j.device_id):
             by_host.setdefault(self.host_of[job.device_id], []).append(job)
         calls = {h: self.hosts[h].train_many.remote(
-            [(j.device_id, j.steps, self.endpoints[j.edge], j.edge, j.session_id) for j in js])
+            [(j.device_id, j.steps, route(self.endpoints[j.edge], j.edge), j.edge, j.session_id) for j in js])
             for h, js in by_host.items()}
         ready, _ = ray.wait(list(calls.values()), num_returns=len(calls),
                             timeout=self.scenario.policy.round_deadline_s)
@@ -351,7 +387,7 @@ class Fleet:
     def fetch(self, stages: Sequence[CarriedStage], sessions: Sequence[tuple[str, str]]
               ) -> tuple[list[dict], list[dict]]:
         """The arrays of carried stages, and the state of server sessions named (server, session id)."""
-        got = ray.get([s.arrays for s in stages] + [self._server(srv).session_state.remote(sid)
+        got = ray.get([s.arrays for s in stages] + [self._server_call(srv, "session_state", sid)
                                                     for srv, sid in sessions])
         return got[:len(stages)], got[len(stages):]
 
@@ -361,10 +397,21 @@ class Fleet:
         return self.migrate_many([move])[0]
 
     def migrate_many(self, moves: Sequence[SessionMove]) -> list[MigrationOutcome]:
-        """Several moves at once (no edge may both send and receive among them: a sender holds its lock)."""
+        """Several moves at once (no edge may both send and receive among them: a sender holds its lock).
+
+        The moves between one pair of edges travel as one batched transfer, verified per session; a
+        move between two edges of one host goes over the same channel, through the host's own receiver."""
         timeout = self.scenario.policy.migration_timeout_s
-        outs = ray.get([self.edges[m.src].migrate_out.remote(m.session_id, self.receivers[m.dst],
-                                                             self.migration_key, timeout) for m in moves])
+        pairs: dict[tuple[str, str], list[int]] = {}
+        for i, m in enumerate(moves):
+            pairs.setdefault((m.src, m.dst), []).append(i)
+        calls = {pair: self.edges[pair[0]].migrate_out.remote(
+            pair[0], [moves[i].session_id for i in idx], pair[1], self.receivers[pair[1]], self.migration_key,
+            timeout) for pair, idx in pairs.items()}
+        outs: list[MigrationOutcome | None] = [None] * len(moves)
+        for pair, got in zip(calls, ray.get(list(calls.values())), strict=True):
+            for i, out in zip(pairs[pair], got, strict=True):
+                outs[i] = out
         self.close_sessions((m.src, m.session_id) for m, out in zip(moves, outs, strict=True) if out.ok)
         return outs
 
@@ -385,22 +432,41 @@ class Fleet:
         self.lost_hosts.discard(host)
 
     def drop_dead_edges(self) -> list[str]:
-        """Forget the edges whose actor is gone; returns their names."""
+        """Forget the edges that are gone (their host died, or they were killed in it); returns their names."""
         dead = []
-        for name, edge in list(self.edges.items()):
+        pings = {name: edge.ping.remote(name) for name, edge in self.edges.items()}  # all in flight at once
+        for name, ref in pings.items():
             try:
-                ray.get(edge.ping.remote(), timeout=5)
+                alive = ray.get(ref, timeout=5) == name
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                alive = False
+            if not alive:
                 del self.edges[name]
                 dead.append(name)
         return dead
 
+    def crash_edge(self, name: str) -> None:
+        """Fault injection: edge ``name`` stops as if its process died, and stays listed until
+        :meth:`drop_dead_edges` notices. Alone in its host, the host is killed; sharing it, the host
+        drops that edge (its sessions are gone, its messages refused) and its host-mates go on."""
+        actor = self.edges[name]
+        if [n for n, a in self.edges.items() if a == actor] == [name]:
+            ray.kill(actor)
+        else:
+            ray.get(actor.kill.remote(name))
+
     def kill_edge(self, name: str) -> None:
-        ray.kill(self.edges.pop(name))
+        """Stop edge ``name`` (see :meth:`crash_edge`) and forget it."""
+        self.crash_edge(name)
+        del self.edges[name]
 
     def refused_counts(self, timeout_s: float) -> dict[str, dict]:
-        """Each answering server's cumulative counts of messages its zmq ports refused."""
-        actors = {CLOUD: self.cloud, **self.edges}
+        """Each answering server's cumulative counts of messages its zmq ports refused; an edge host's
+        ports are shared, so they are counted once, under the first edge it was started with (a
+        fixed name, as the counts are cumulative), while any of its edges is alive."""
+        actors = {CLOUD: self.cloud, **{names[0]: actor for actor, names in zip(self.edge_hosts, self.edge_names,
+                                                                               strict=True)
+                                        if any(n in self.edges for n in names)}}
         refs = {actors[name].refused_counts.remote(): name for name in actors}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
         out = {}
@@ -413,11 +479,11 @@ class Fleet:
 
     def peak_rss_bytes(self, timeout_s: float) -> dict[str, int]:
         """Each answering actor's peak resident memory, named as in :meth:`actor_nodes`."""
-        named = {"cloud": self.cloud, **{f"edge:{n}": a for n, a in self.edges.items()},
+        named = {"cloud": self.cloud,
                  **{f"devices:{i}": a for i, a in enumerate(self.hosts) if i not in self.lost_hosts}}
         refs = {actor.peak_rss_bytes.remote(): name for name, actor in named.items()}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
-        out = {}
+        out = {f"edge:{n}": b for n, b in self._per_edge("peak_rss_bytes", timeout_s).items()}
         for ref in ready:
             try:
                 out[refs[ref]] = ray.get(ref)
@@ -430,7 +496,7 @@ class Fleet:
         hosts = [h for h in range(self.n_hosts) if h not in self.lost_hosts]
         names = list(self.edges)
         parts = ray.get([self.hosts[h].export_devices.remote() for h in hosts]
-                        + [self.edges[n].export_sessions.remote() for n in names]
+                        + [self._edge(n, "export_sessions") for n in names]
                         + [self.cloud.export_sessions.remote()])
         devices: dict = {}
         for part in parts[:len(hosts)]:
@@ -446,7 +512,7 @@ class Fleet:
             mine = [d for d, hh in self.host_of.items() if hh == h]
             calls.append(host.import_devices.remote({d: snapshot.devices[d] for d in mine if d in snapshot.devices}))
             calls.extend(host.configure.remote(d, missing[d], ref) for d in mine if d in missing)
-        for name, edge in self.edges.items():
-            calls.append(edge.import_sessions.remote(snapshot.sessions.get(name, {})))
+        for name in self.edges:
+            calls.append(self._edge(name, "import_sessions", snapshot.sessions.get(name, {})))
         calls.append(self.cloud.import_sessions.remote(snapshot.sessions.get(CLOUD, {})))
         ray.get(calls)

@@ -17,6 +17,7 @@ LOCAL_STEPS = {"maximum": 100_000, "why": "every device trains this many batches
 CLOUD_EVERY = {"maximum": 10_000, "why": "every round runs this many edge periods on every device"}
 BATCH_SIZE = {"maximum": 65_536, "why": "a batch and its activations are held in memory on every tier"}
 DEVICE_HOSTS = {"maximum": 1_024, "why": "each host is a Ray actor process holding its devices' models"}
+EDGE_HOSTS = {"maximum": 1_024, "why": "each edge host is a Ray actor process holding its edges' sessions"}
 CHECK_EVERY_STEPS = {"maximum": LOCAL_STEPS["maximum"], "why": "a check interval longer than any period"}
 RINGS = {"maximum": 100_000, "why": "no more rings than the devices a scenario may hold"}
 

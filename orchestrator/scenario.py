@@ -123,6 +123,7 @@ class PolicySpec:
 @dataclass(frozen=True)
 class ExecutionSpec:
     device_hosts: int = 2
+    edge_hosts: int = 1  # actors holding the logical edge servers (capped at the number of edges)
     time: str = "emulated"  # emulated | real
     compute: str = "profile"  # how emulated time prices compute: profile | flops | measured
     engine: str = "auto"  # how a device host trains its devices: auto | vectorized | looped (tiers/engine.py)
@@ -312,6 +313,7 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path("."), seed: int
     ex_f = top.sub("execution", {})
     execution = ExecutionSpec(
         device_hosts=ex_f.integer("device_hosts", 2, minimum=1, **limits.DEVICE_HOSTS),
+        edge_hosts=ex_f.integer("edge_hosts", 1, minimum=1, **limits.EDGE_HOSTS),
         time=ex_f.string("time", "emulated", choices=("emulated", "real")),
         compute=ex_f.string("compute", "profile", choices=("profile", "flops", "measured")),
         engine=ex_f.string("engine", "auto", choices=("auto", "vectorized", "looped")),

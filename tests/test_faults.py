@@ -30,15 +30,18 @@ class KillDuringRound(Fleet):
 
     killed: str | None = None
 
-    def arm(self, round_now, round_: int, pick, restart: bool, delay_s: float = 0.05) -> None:
+    def arm(self, round_now, round_: int, pick, restart: bool, delay_s: float = 0.05, logical: bool = False) -> None:
+        """``logical``: the picked edge shares its process, so it is killed inside it (Fleet.crash_edge)."""
         self.round_now, self.kill_round, self.pick = round_now, round_, pick
-        self.restart, self.delay_s = restart, delay_s
+        self.restart, self.delay_s, self.logical = restart, delay_s, logical
 
     def train(self, jobs):
         if self.round_now() == self.kill_round and self.killed is None:
             name, actor = self.pick(self)
             self.killed = name
-            threading.Timer(self.delay_s, lambda: ray.kill(actor, no_restart=not self.restart)).start()
+            kill = (lambda: self.crash_edge(name)) if self.logical else \
+                (lambda: ray.kill(actor, no_restart=not self.restart))
+            threading.Timer(self.delay_s, kill).start()
         return super().train(jobs)
 
 
@@ -77,15 +80,19 @@ def test_device_host_killed_mid_round_is_a_failure_and_rejoins(ray_session, tmp_
     assert summary["final_accuracy"] >= scenario.training.target_accuracy
 
 
-def test_edge_killed_mid_round_rehomes_its_devices_and_loses_no_round(ray_session, tmp_path):
+@pytest.mark.parametrize("edge_hosts", [3, 1], ids=["own-process", "shared-process"])
+def test_edge_killed_mid_round_rehomes_its_devices_and_loses_no_round(ray_session, tmp_path, edge_hosts):
+    """Killing a process kills every logical edge in it, so with its own process edge-a's actor is
+    killed; sharing one with edge-b and edge-c, edge-a alone is killed inside it and they go on."""
     scenario = load_scenario(ROOT / "examples" / "quickstart.yaml")
     from dataclasses import replace
 
     # A dead edge is noticed when a step to it goes unanswered: keep that short in a test.
-    scenario = replace(scenario, policy=replace(scenario.policy, step_timeout_s=2.0))
+    scenario = replace(scenario, policy=replace(scenario.policy, step_timeout_s=2.0),
+                       execution=replace(scenario.execution, edge_hosts=edge_hosts))
     out = tmp_path / "run"
     orch = killing_run(scenario, RunOptions(out_dir=out, progress=False), round_=2,
-                       pick=lambda f: ("edge-a", f.edges["edge-a"]), restart=False)
+                       pick=lambda f: ("edge-a", f.edges["edge-a"]), restart=False, logical=edge_hosts == 1)
     summary = orch.run()
     log = events(out)
     on_a = {d.name for d in scenario.devices if d.edge == "edge-a"}

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 import zmq
 
@@ -75,8 +74,12 @@ def test_migrated_session_continues_exactly(unmoved, tmp_path):
 
 
 class KillDestination(Fleet):
+    """The destination edge dies just before the handoff. Both edges share one process here, so it
+    is killed as a logical edge: its sessions are gone and it refuses everything, while e0 goes on
+    (Fleet.crash_edge; killing the process would take e0 with it)."""
+
     def migrate(self, move):
-        ray.kill(self.edges[move.dst])
+        self.crash_edge(move.dst)
         return super().migrate(move)
 
 

@@ -2,14 +2,16 @@
 
 Actors ask for no CPU (many share a small machine; the work is what the cores do) and, when the
 cluster advertises them, for a sliver of the custom resource of their kind (``tierflow_cloud``,
-``tierflow_edge``, ``tierflow_device``) so each lands on a node of its kind.
+``tierflow_edge``, ``tierflow_device``) so each lands on a node of its kind: an edge host asks for
+the edge one, whatever number of logical edges it holds.
 """
 
 from __future__ import annotations
 
 import ray
 
-from tierflow.tiers.hosts import Cloud, DeviceHost, EdgeServer
+from tierflow.tiers.edge_host import EdgeHost
+from tierflow.tiers.hosts import Cloud, DeviceHost
 
 KIND_RESOURCE = {"cloud": "tierflow_cloud", "edge": "tierflow_edge", "device": "tierflow_device"}
 _RESOURCE_SLIVER = 0.001
@@ -24,5 +26,5 @@ def actor_options(kind: str, max_restarts: int = 0) -> dict:
 
 
 CloudActor = ray.remote(Cloud)
-EdgeActor = ray.remote(EdgeServer)
+EdgeHostActor = ray.remote(EdgeHost)  # several logical edge servers per process
 DeviceHostActor = ray.remote(DeviceHost)

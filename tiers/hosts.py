@@ -70,13 +70,27 @@ def _reply_from_wire(meta: dict, arrays: dict[str, np.ndarray]) -> UpperReply:
                       tuple(meta["bytes_up"]), tuple(meta["bytes_down"]))
 
 
+ROUTE_SEP = "#"  # never part of a zmq endpoint
+
+
+def route(endpoint: str, server: str) -> str:
+    """A link to one logical server behind a shared data-plane endpoint (an edge host's)."""
+    return f"{endpoint}{ROUTE_SEP}{server}"
+
+
+def _routed(link: str, meta: dict) -> tuple[str, dict]:
+    """The endpoint to send to, and the message naming the logical server it is for (if any)."""
+    endpoint, sep, server = link.partition(ROUTE_SEP)
+    return endpoint, ({**meta, "edge": server} if sep else meta)
+
+
 def step_upper(link, client: DataPlaneClient | None, device_id: str, arrays: list[np.ndarray],
                labels: np.ndarray) -> UpperReply:
     """One step on the tier above: over the pyzmq data plane when ``link`` is an endpoint."""
     if isinstance(link, str):
         payload = {f"a{i}": a for i, a in enumerate(arrays)}
         payload["labels"] = labels
-        meta, out = client.request(link, {"op": "step", "device": device_id, "n": len(arrays)}, payload)
+        meta, out = client.request(*_routed(link, {"op": "step", "device": device_id, "n": len(arrays)}), payload)
         return _reply_from_wire(meta, out)
     return call(link, "step", device_id, arrays, labels)
 
@@ -119,7 +133,8 @@ def step_upper_many(link, client: DataPlaneClient | None, device_ids: Sequence[s
     if isinstance(link, str):
         payload = {f"a{i}": a for i, a in enumerate(arrays)}
         payload["labels"] = labels
-        meta, out = client.request(link, {"op": "step_many", "devices": list(device_ids), "n": len(arrays)}, payload)
+        meta, out = client.request(*_routed(link, {"op": "step_many", "devices": list(device_ids),
+                                                    "n": len(arrays)}), payload)
         return _group_reply_from_wire(meta, out, len(device_ids))
     return call(link, "step_many", list(device_ids), arrays, labels)
 
@@ -459,12 +474,16 @@ class SessionHost(ReportsPeakMemory):
     tier: int = 1
 
     def __init__(self, name: str, model_name: str, shape: InputShape, optimizer: OptimizerSpec, threads: int = 1,
-                 token: str = "", step_timeout_s: float = 60.0, engine: str = "looped"):
+                 token: str = "", step_timeout_s: float = 60.0, engine: str = "looped",
+                 peer: SessionHost | None = None):
+        """``peer``: a host-mate in the same process (tiers/edge_host.py) whose traced model and
+        engine choices this one shares, so a process times and traces once, not once per edge."""
         torch.set_num_threads(threads)
         self.name = name
-        self.factory = StageFactory(model_name, shape)
+        self.factory = peer.factory if peer is not None else StageFactory(model_name, shape)
         self.optimizer = optimizer
-        self.engines = EngineChooser(engine, self.factory, optimizer, self.tier)  # for the groups it is sent
+        # for the groups it is sent
+        self.engines = peer.engines if peer is not None else EngineChooser(engine, self.factory, optimizer, self.tier)
         self.sessions: dict[str, Session] = {}
         self.token = token
         self.client = DataPlaneClient(token, step_timeout_s)
@@ -674,8 +693,9 @@ class EdgeServer(SessionHost):
     tier = 1
 
     def __init__(self, name: str, model_name: str, shape: InputShape, optimizer: OptimizerSpec, cloud=None,
-                 threads: int = 1, token: str = "", step_timeout_s: float = 60.0, engine: str = "looped"):
-        super().__init__(name, model_name, shape, optimizer, threads, token, step_timeout_s, engine)
+                 threads: int = 1, token: str = "", step_timeout_s: float = 60.0, engine: str = "looped",
+                 peer: SessionHost | None = None):
+        super().__init__(name, model_name, shape, optimizer, threads, token, step_timeout_s, engine, peer)
         self.cloud = cloud  # a Ray handle, or the cloud's data-plane endpoint once set
 
     def set_cloud_endpoint(self, endpoint: str) -> None:
