@@ -415,6 +415,26 @@ class Fleet:
         self.close_sessions((m.src, m.session_id) for m, out in zip(moves, outs, strict=True) if out.ok)
         return outs
 
+    def migrate_all(self, moves: Sequence[SessionMove]) -> list[MigrationOutcome]:
+        """Any number of moves, in waves that :meth:`migrate_many` can make at once: in each wave no
+        edge both sends and receives (two edges sending to each other would each hold its lock while
+        waiting for the other's ACK). Outcomes in the order of ``moves``."""
+        waves: list[tuple[set[str], set[str], list[int]]] = []  # (senders, receivers, move indices)
+        for i, m in enumerate(moves):
+            for senders, receivers, members in waves:
+                if m.src not in receivers and m.dst not in senders:
+                    senders.add(m.src)
+                    receivers.add(m.dst)
+                    members.append(i)
+                    break
+            else:
+                waves.append(({m.src}, {m.dst}, [i]))
+        outs: list[MigrationOutcome | None] = [None] * len(moves)
+        for _, _, members in waves:
+            for i, out in zip(members, self.migrate_many([moves[i] for i in members]), strict=True):
+                outs[i] = out
+        return outs
+
     # ----- faults -----
     def host_answers(self, host: int) -> bool:
         try:

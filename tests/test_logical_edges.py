@@ -23,14 +23,14 @@ KEY = b"k" * 32
 PLACEMENT_FIELDS = {"actor_nodes", "peak_rss_mb"}
 
 
-def moving_city(edge_hosts: int) -> object:
-    """Three edges in a row, five devices crossing them (one 3-tier), handovers every 2 steps."""
+def moving_city(edge_hosts: int, cars: int = 4, spread_m: float = 400) -> object:
+    """Three edges in a row, cars and a 3-tier phone crossing them, handovers every 2 steps."""
     spec = {
         "name": "logical-edges",
         "cloud": {"flops_per_s": 1e12},
         "edges": [{"name": n, "position": [x, 0], "radius_m": 320, "flops_per_s": 1e11, "cloud_bandwidth_mbps": 500}
                   for n, x in (("w", 0), ("m", 500), ("e", 1000))],
-        "devices": [{"name": "car", "count": 4, "position": [500, 0], "spread_m": 400,
+        "devices": [{"name": "car", "count": cars, "position": [500, 0], "spread_m": spread_m,
                      "flops_per_s": [1e9, 8e9], "bandwidth_mbps": [10, 60]},
                     {"name": "phone", "position": [480, 20], "flops_per_s": 4e9, "bandwidth_mbps": 30,
                      "split": ["relu1", "relu2"]}],
@@ -47,8 +47,8 @@ def moving_city(edge_hosts: int) -> object:
     return parse_scenario(spec, "logical.yaml")
 
 
-def _run(sc, out: Path) -> tuple[dict, list[dict], dict]:
-    summary = Orchestrator(sc, RunOptions(out_dir=out, progress=False), Fleet).run()
+def _run(sc, out: Path, fleet: type[Fleet] = Fleet) -> tuple[dict, list[dict], dict]:
+    summary = Orchestrator(sc, RunOptions(out_dir=out, progress=False), fleet).run()
     return summary, read_events(out / "events.jsonl"), torch.load(out / "model.pt")
 
 
@@ -73,6 +73,40 @@ def test_one_edge_host_computes_what_one_host_per_edge_computes(ray_session, tmp
     # Every logical edge is still reported by name, whichever process it shares.
     assert {k for k in shared["actor_nodes"] if k.startswith("edge:")} == {"edge:w", "edge:m", "edge:e"}
     assert {k for k in shared["peak_rss_mb"] if k.startswith("edge:")} == {"edge:w", "edge:m", "edge:e"}
+
+
+class OneByOne(Fleet):
+    """The reference: every move of a check alone, one Ray call and one transfer each."""
+
+    def migrate_all(self, moves):
+        return [self.migrate(m) for m in moves]
+
+
+class CountsTransfers(Fleet):
+    batch_sizes: list[int] = []  # per migrate_many call, the most moves one pair of edges sent together
+
+    def migrate_many(self, moves):
+        pairs = {}
+        for m in moves:
+            pairs[(m.src, m.dst)] = pairs.get((m.src, m.dst), 0) + 1
+        type(self).batch_sizes.append(max(pairs.values()))
+        return super().migrate_many(moves)
+
+
+@pytest.mark.ray
+def test_a_checks_migrations_made_together_equal_them_one_by_one(ray_session, tmp_path):
+    """The handovers of one check migrate together (a pair of edges' moves as one transfer, the
+    waves never letting an edge send and receive at once) and the run is the one-by-one run."""
+    CountsTransfers.batch_sizes = []
+    together, together_events, together_state = _run(moving_city(1, cars=12, spread_m=200), tmp_path / "together", CountsTransfers)
+    alone, alone_events, alone_state = _run(moving_city(1, cars=12, spread_m=200), tmp_path / "alone", OneByOne)
+    assert max(CountsTransfers.batch_sizes) >= 2  # some pair of edges really sent a batch
+    assert together["migrations"] == alone["migrations"] > 2 and together["failed_migrations"] == 0
+    for name, value in together_state.items():
+        assert torch.equal(value, alone_state[name]), name
+    for field in ("virtual_time_s", "bytes_up", "bytes_down", "migration_bytes", "handovers", "final_accuracy"):
+        assert together[field] == alone[field], field
+    assert [_computed(e) for e in together_events] == [_computed(e) for e in alone_events]
 
 
 def test_edges_are_assigned_to_hosts_round_robin_and_the_option_is_checked():
