@@ -320,6 +320,7 @@ def parse_scenario(data: Any, source: str, base_dir: Path = Path("."), seed: int
     )
     ex_f.reject_unknown()
     resources = _resources(top.sub("resources", {}), base_dir, [d.name for d in devices], [e.name for e in edges])
+    _check_walk_rates(top.sub("resources", {}), resources, devices)
     if split is None:
         if policy.placement == "fixed" and any(d.split is None for d in devices):
             top.fail("split", "a default split (a list of cut layers) when placement is fixed", None)
@@ -496,6 +497,29 @@ def _resources(f: Fields, base_dir: Path, devices: list[str], edges: list[str]) 
         wf.reject_unknown()
     f.reject_unknown()
     return ResourcesSpec(rows, trace_path, availability, walk)
+
+
+MIN_WALK_STEP_BITS = 8 * 1024  # the least a device's link may carry in one step of the bandwidth walk
+
+
+def _check_walk_rates(f: Fields, resources: ResourcesSpec, devices) -> None:
+    """A transfer under the bandwidth walk is integrated step by step of the walk: a link that carries
+    almost nothing per step would take billions of steps for one session (a hang, not a simulation)."""
+    walk = resources.bandwidth_walk
+    if walk is None:
+        return
+    traced: dict[str, list[float]] = {}
+    for row in resources.trace:
+        if row.bandwidth_bps is not None:
+            traced.setdefault(row.entity, []).append(row.bandwidth_bps)
+    for d in devices:
+        if walk.devices is not None and d.name not in walk.devices:
+            continue
+        slowest = min([d.bandwidth_mbps * 1e6, *traced.get(d.name, ())]) * walk.min_multiplier
+        if slowest * walk.dt_s < MIN_WALK_STEP_BITS:
+            f.sub("bandwidth_walk").fail(
+                "min", f"a floor at which device {d.name} still sends 1 kB per {walk.dt_s:g} s step (its slowest "
+                f"rate would be {slowest:.3g} bit/s: raise min, dt_s or its bandwidth)", walk.min_multiplier)
 
 
 def _devices_per_round(tr, n_devices: int) -> int | float | None:

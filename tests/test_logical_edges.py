@@ -98,8 +98,9 @@ def test_a_checks_migrations_made_together_equal_them_one_by_one(ray_session, tm
     """The handovers of one check migrate together (a pair of edges' moves as one transfer, the
     waves never letting an edge send and receive at once) and the run is the one-by-one run."""
     CountsTransfers.batch_sizes = []
-    together, together_events, together_state = _run(moving_city(1, cars=12, spread_m=200), tmp_path / "together", CountsTransfers)
-    alone, alone_events, alone_state = _run(moving_city(1, cars=12, spread_m=200), tmp_path / "alone", OneByOne)
+    crowded = moving_city(1, cars=12, spread_m=200)
+    together, together_events, together_state = _run(crowded, tmp_path / "together", CountsTransfers)
+    alone, alone_events, alone_state = _run(crowded, tmp_path / "alone", OneByOne)
     assert max(CountsTransfers.batch_sizes) >= 2  # some pair of edges really sent a batch
     assert together["migrations"] == alone["migrations"] > 2 and together["failed_migrations"] == 0
     for name, value in together_state.items():

@@ -42,6 +42,8 @@ EXPECTED = {
     "trace_without_file.yaml": "mobility.trace: missing (required)",
     "resource_trace_bad_line.yaml": "resources.trace: ",  # then the CSV, its line and field (below)
     "resource_walk_unknown_device.yaml": "resources.bandwidth_walk.devices: expected a list of device names",
+    "resource_walk_crawling_link.yaml": "resources.bandwidth_walk.min: expected a floor at which device d1 still "
+                                        "sends 1 kB per 0.01 s step",
     # numbers the code cannot hold, or work without end: bounded, with the reason
     "huge_seed.yaml": "training.seed: expected an integer <= 4,294,967,295 (a 32-bit seed",
     "huge_local_steps.yaml": "training.local_steps: expected an integer <= 100,000 (every device trains",
