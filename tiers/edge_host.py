@@ -20,7 +20,7 @@ import numpy as np
 
 from tierflow.migration.outcome import MigrationOutcome
 from tierflow.tiers.dataplane import DataPlaneServer
-from tierflow.tiers.hosts import EdgeServer
+from tierflow.tiers.hosts import EdgeServer, ServesPorts
 from tierflow.tiers.memory import ReportsPeakMemory
 from tierflow.tiers.models import InputShape
 from tierflow.tiers.optim import OptimizerSpec
@@ -42,7 +42,7 @@ class EdgeGone(RuntimeError):
     """The logical edge was killed (or never hosted here)."""
 
 
-class EdgeHost(ReportsPeakMemory):
+class EdgeHost(ReportsPeakMemory, ServesPorts):
     """Hosts the logical edge servers ``names`` in one process."""
 
     def __init__(self, host_id: str, names: Sequence[str], model_name: str, shape: InputShape,
@@ -82,38 +82,9 @@ class EdgeHost(ReportsPeakMemory):
         """Stop one logical edge as if its process had died: its sessions are gone, it answers nothing."""
         self.edges.pop(name, None)
 
-    def start_dataplane(self, host: str | None = "127.0.0.1") -> str:
-        if host is None:
-            import ray
-
-            host = ray.util.get_node_ip_address()
-        if self.server is None:
-            self.server = DataPlaneServer(self._on_message, self.token, host)
-        return self.server.endpoint
-
     def set_cloud_endpoint(self, endpoint: str) -> None:
         for edge in self.edges.values():
             edge.set_cloud_endpoint(endpoint)
-
-    def start_migration_receiver(self, key: bytes, host: str | None = "127.0.0.1") -> str:
-        from tierflow.migration.channel import MigrationReceiver
-
-        if host is None:
-            import ray
-
-            host = ray.util.get_node_ip_address()
-        if self.receiver is None:
-            self.receiver = MigrationReceiver(key, self._accept_session, host=host)
-        return self.receiver.endpoint
-
-    def refused_counts(self) -> dict[str, dict[str, int]]:
-        """Messages this host's shared ports refused, by port and reason: a refused message names
-        no edge it could be charged to."""
-        out = {}
-        for port, server in (("dataplane", self.server), ("migration", self.receiver)):
-            if server is not None and server.refusals.total:
-                out[port] = server.refusals.counts()
-        return out
 
     def shutdown(self) -> None:
         for server in (self.server, self.receiver):

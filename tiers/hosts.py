@@ -468,7 +468,41 @@ class DeviceHost(ReportsPeakMemory):
         return out
 
 
-class SessionHost(ReportsPeakMemory):
+class ServesPorts:
+    """A process's data-plane and migration ports (a SessionHost's, or an EdgeHost's shared by its
+    edges): needs ``token``, ``server``, ``receiver``, ``_on_message`` and ``_accept_session``."""
+
+    def start_dataplane(self, host: str | None = "127.0.0.1") -> str:
+        """Serve steps over pyzmq; ``host=None`` binds this node's address (multi-node clusters)."""
+        if host is None:
+            import ray
+
+            host = ray.util.get_node_ip_address()
+        if self.server is None:
+            self.server = DataPlaneServer(self._on_message, self.token, host)
+        return self.server.endpoint
+
+    def refused_counts(self) -> dict[str, dict[str, int]]:
+        """Messages this host's zmq ports refused since they started, by port and reason (for the metrics)."""
+        out = {}
+        for port, server in (("dataplane", self.server), ("migration", self.receiver)):
+            if server is not None and server.refusals.total:
+                out[port] = server.refusals.counts()
+        return out
+
+    def start_migration_receiver(self, key: bytes, host: str | None = "127.0.0.1") -> str:
+        from tierflow.migration.channel import MigrationReceiver
+
+        if host is None:
+            import ray
+
+            host = ray.util.get_node_ip_address()
+        if self.receiver is None:
+            self.receiver = MigrationReceiver(key, self._accept_session, host=host)
+        return self.receiver.endpoint
+
+
+class SessionHost(ReportsPeakMemory, ServesPorts):
     """Common to edge and cloud: sessions keyed by device, loading weights, partial sums."""
 
     tier: int = 1
@@ -494,24 +528,6 @@ class SessionHost(ReportsPeakMemory):
 
     def ping(self) -> str:
         return self.name
-
-    def start_dataplane(self, host: str | None = "127.0.0.1") -> str:
-        """Serve steps over pyzmq; ``host=None`` binds this node's address (multi-node clusters)."""
-        if host is None:
-            import ray
-
-            host = ray.util.get_node_ip_address()
-        if self.server is None:
-            self.server = DataPlaneServer(self._on_message, self.token, host)
-        return self.server.endpoint
-
-    def refused_counts(self) -> dict[str, dict[str, int]]:
-        """Messages this host's zmq ports refused since they started, by port and reason (for the metrics)."""
-        out = {}
-        for port, server in (("dataplane", self.server), ("migration", self.receiver)):
-            if server is not None and server.refusals.total:
-                out[port] = server.refusals.counts()
-        return out
 
     def _on_message(self, meta: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
         op, n = meta.get("op"), int(meta["n"])
@@ -653,17 +669,6 @@ class SessionHost(ReportsPeakMemory):
         self.client.close()
 
     # ----- migration (FedFly): sessions move edge to edge over pyzmq, in two phases -----
-    def start_migration_receiver(self, key: bytes, host: str | None = "127.0.0.1") -> str:
-        from tierflow.migration.channel import MigrationReceiver
-
-        if host is None:
-            import ray
-
-            host = ray.util.get_node_ip_address()
-        if self.receiver is None:
-            self.receiver = MigrationReceiver(key, self._accept_session, host=host)
-        return self.receiver.endpoint
-
     def _accept_session(self, session_id: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
         """Phase one at the destination: rebuild and verify the session; raising refuses it (NACK)."""
         if str(meta.get("device_id")) != session_id or int(meta.get("tier", -1)) != self.tier:
