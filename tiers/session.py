@@ -7,13 +7,13 @@ numpy arrays, which is what migration moves between edge servers.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from tierflow.tiers.clone import clone_module
 from tierflow.tiers.models import InputShape, build_model
 from tierflow.tiers.optim import OptimizerSpec
 from tierflow.tiers.split import Stage, split_graph, trace
@@ -46,7 +46,8 @@ class SplitKey:
 
 
 class StageFactory:
-    """Builds (and caches) the stages of a model for each split; hands out private copies."""
+    """Builds (and caches) the stages of a model for each split; hands out private copies (their
+    own tensors, the template's compiled code: tiers/clone.py)."""
 
     def __init__(self, model_name: str, shape: InputShape):
         self.model_name = model_name
@@ -58,7 +59,7 @@ class StageFactory:
         if key not in self._cache:
             self._cache[key] = split_graph(self._gm, key.assignment(), key.n_tiers)
         template = self._cache[key][tier]
-        return Stage(template.tier, copy.deepcopy(template.module), template.input_names, template.output_names)
+        return Stage(template.tier, clone_module(template.module), template.input_names, template.output_names)
 
     def runner(self, key: SplitKey, tier: int, optimizer: OptimizerSpec) -> StageRunner:
         return StageRunner(self.stage(key, tier), optimizer)
