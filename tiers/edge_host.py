@@ -28,8 +28,8 @@ from tierflow.tiers.optim import OptimizerSpec
 TO_EDGE = "to_edge"  # session-header key naming the logical edge a migrated session is for
 
 # What the fleet may ask of one logical edge (``EdgeHost.on``): its SessionHost control calls.
-EDGE_CALLS = frozenset({"open_session", "close_session", "session_ids", "optimizer_state", "load_weights",
-                        "weighted_sums", "session_state", "export_sessions", "import_sessions"})
+EDGE_CALLS = frozenset({"open_session", "open_sessions", "close_session", "session_ids", "optimizer_state",
+                        "load_weights", "weighted_sums", "session_state", "export_sessions", "import_sessions"})
 
 
 def assign_edges(names: Sequence[str], hosts: int) -> list[list[str]]:

@@ -262,6 +262,13 @@ class DeviceHost(ReportsPeakMemory):
         if optimizer_states:
             load_optimizer_state(device.session.runner, optimizer_states)
 
+    def configure_many(self, configs: Sequence[tuple[str, SplitKey, Mapping | None]],
+                       state: Mapping[str, np.ndarray], fresh: bool = False) -> None:
+        """``configure`` for many devices from one ``state``, each ``(device_id, key, optimizer
+        states)``: one call (and one copy of the model out of Ray's store) instead of one per device."""
+        for device_id, key, optimizer_states in configs:
+            self.configure(device_id, key, state, fresh, optimizer_states)
+
     def optimizer_state(self, device_id: str) -> dict:
         return optimizer_state(self.devices[device_id].session.runner)
 
@@ -616,6 +623,13 @@ class SessionHost(ReportsPeakMemory, ServesPorts):
             load_optimizer_state(runner, optimizer_states)
         with self.lock:
             self.sessions[device_id] = Session(device_id, self.tier, key, runner, weight)
+
+    def open_sessions(self, openings: Sequence[tuple[str, SplitKey, float, Mapping | None]],
+                      state: Mapping[str, np.ndarray]) -> None:
+        """``open_session`` for many sessions from one ``state``, each ``(session_id, key, weight,
+        optimizer states)``: one call per server instead of one per device."""
+        for session_id, key, weight, optimizer_states in openings:
+            self.open_session(session_id, key, state, weight, optimizer_states)
 
     def optimizer_state(self, session_id: str) -> dict:
         with self.lock:
