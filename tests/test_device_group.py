@@ -356,3 +356,42 @@ def test_a_stage_vmap_cannot_give_each_device_its_own_step_stays_looped():
     weights = {k: v.numpy() for k, v in factory.stage(key, 0).module.state_dict().items()}
     with pytest.raises(ValueError, match="dropout"):
         DeviceGroup(factory, key, MOMENTUM, {"d0": DeviceState(weights, {})})
+
+
+@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("model", ["mlp", "resnet_small"])
+def test_a_group_of_live_stages_equals_one_of_their_exports_to_the_bit(model, opt_name):
+    """live_state / store_into (what hosts use per step) against partition_state / unstack / load:
+    the same group, the same steps, the same weights, buffers and optimizer state afterwards, and
+    a device without optimizer state yet leaves without it."""
+    from tierflow.tiers.device_group import live_state
+    from tierflow.tiers.session import load_optimizer_state, load_partition, optimizer_state
+
+    opt, setups = OPTIMIZERS[opt_name], _setups()
+    key = _key(model, [])
+    states = _full_states(model, setups)
+    ids = [s.device_id for s in setups]
+    a, b = (_host(model, opt, key, setups, states) for _ in range(2))
+    for step in range(3):
+        via_live = DeviceGroup(a.factory, key, opt, {d: live_state(a.devices[d].session.runner) for d in ids})
+        via_copy = _group(b, key, opt, ids)
+        batches = [draw_batch([host.devices[d] for d in ids]) for host in (a, b)]
+        if step > 0:  # the first pass leaves without a step: optimizer-less devices stay so
+            for group, (x, y) in zip((via_live, via_copy), batches, strict=True):
+                group.step([(x, y)])
+        via_live.store_into([a.devices[d].session.runner for d in ids])
+        for d, state in via_copy.unstack().items():
+            load_partition(b.devices[d].session.runner, state.weights)
+            load_optimizer_state(b.devices[d].session.runner, state.optimizer)
+        assert via_live.finite().all()
+        if step == 0:
+            assert not any(optimizer_state(a.devices[d].session.runner) for d in ids)
+    for d in ids:
+        ra, rb = a.devices[d].session.runner, b.devices[d].session.runner
+        pa, pb = partition_state(ra), partition_state(rb)
+        assert pa.keys() == pb.keys() and all(np.array_equal(pa[n], pb[n]) for n in pa), d
+        oa, ob = optimizer_state(ra), optimizer_state(rb)
+        assert oa.keys() == ob.keys(), d
+        for n in oa:
+            assert oa[n].keys() == ob[n].keys() and all(np.array_equal(oa[n][f], ob[n][f]) for f in oa[n]), (d, n)
+    assert (opt_name == "sgd") or any(optimizer_state(a.devices[d].session.runner) for d in ids)

@@ -25,6 +25,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from tierflow.tiers.optim import OPTIMIZERS, OptimizerSpec
 from tierflow.tiers.session import ParameterState, SplitKey, StageFactory
+from tierflow.tiers.step import StageRunner
 
 # torch's defaults for what OptimizerSpec does not set (tiers/optim.py leaves them at the default).
 _SGD_DAMPENING = 0.0
@@ -34,10 +35,27 @@ _ADAM_EPS = 1e-8
 
 @dataclass(frozen=True)
 class DeviceState:
-    """One device's stage as plain data: what it brings into a group and takes out of it."""
+    """One device's stage as plain data: what it brings into a group and takes out of it (numpy
+    arrays, or a live stage's own tensors as ``live_state`` gives them: a group copies either)."""
 
-    weights: Mapping[str, np.ndarray]  # the stage's state dict: parameters and buffers
+    weights: Mapping[str, np.ndarray | torch.Tensor]  # the stage's state dict: parameters and buffers
     optimizer: ParameterState  # by parameter name, as tiers.session.optimizer_state gives it
+
+
+def live_state(runner: StageRunner) -> DeviceState:
+    """A live stage's tensors and optimizer state as they are (no copy): joining a group from them
+    skips the numpy round trip of ``partition_state``, a per-step cost when an edge steps its
+    sessions as a group."""
+    module = runner.module
+    weights: dict = dict(module.named_parameters())
+    weights.update(module.named_buffers())
+    optimizer: dict = {}
+    if runner.optimizer is not None:
+        for name, p in module.named_parameters():
+            entry = runner.optimizer.state.get(p)
+            if entry:
+                optimizer[name] = dict(entry)
+    return DeviceState(weights, optimizer)
 
 
 @dataclass(frozen=True)
@@ -48,9 +66,10 @@ class GroupStep:
     correct: np.ndarray  # [K] int
 
 
-def _stacked(arrays: Sequence[np.ndarray]) -> torch.Tensor:
-    # np.array copies: the sources may be read-only views from Ray's object store.
-    return torch.from_numpy(np.stack([np.array(a) for a in arrays]))
+def _stacked(arrays: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
+    """The arrays stacked on a new dim 0, always a copy: the group's tensors are its own (and a numpy
+    source may be a read-only view from Ray's object store)."""
+    return torch.stack([a.detach() if torch.is_tensor(a) else torch.from_numpy(np.array(a)) for a in arrays])
 
 
 class StackedOptimizer:
@@ -71,7 +90,7 @@ class StackedOptimizer:
         for name, p in params.items():
             self.fresh[name] = torch.tensor([name not in s for s in states], dtype=torch.bool)
             self.state[name] = {
-                f: _stacked([np.asarray(s[name][f]) if name in s else self._zero(f, p[0]) for s in states])
+                f: _stacked([s[name][f] if name in s else self._zero(f, p[0]) for s in states])
                 for f in self.fields
             }
 
@@ -269,6 +288,30 @@ class DeviceGroup:
         tensors = {**self.params, **self.buffers}
         weights = {n: tensors[n][k].detach().numpy().copy() for n in self.state_names}
         return DeviceState(weights, self.optimizer.state_of(k))
+
+    @torch.no_grad()
+    def store_into(self, runners: Sequence[StageRunner]) -> None:
+        """Every device's tensors and optimizer state back into its own live stage (``runners`` in
+        the group's order): what ``load_partition`` and ``load_optimizer_state`` of ``unstack()``
+        give, without the numpy round trip."""
+        if len(runners) != len(self):
+            raise ValueError(f"expected {len(self)} stages, got {len(runners)}")
+        fresh = {n: f.tolist() for n, f in self.optimizer.fresh.items()}
+        for k, runner in enumerate(runners):
+            module = runner.module
+            for name, t in module.named_parameters():
+                t.copy_(self.params[name][k])
+                if runner.optimizer is not None and self.optimizer.fields and not fresh[name][k]:
+                    runner.optimizer.state[t] = {f: v[k].clone() for f, v in self.optimizer.state[name].items()}
+            for name, t in module.named_buffers():
+                t.copy_(self.buffers[name][k])
+
+    def finite(self) -> np.ndarray:
+        """[K] bool: every parameter and buffer of the device is finite."""
+        ok = torch.ones(len(self), dtype=torch.bool)
+        for t in (*self.params.values(), *self.buffers.values()):
+            ok &= torch.isfinite(t.detach()).reshape(len(self), -1).all(dim=1)
+        return ok.numpy()
 
     def leave(self, device_id: str) -> DeviceState:
         """Take one device out (it migrates); the others keep training as before."""

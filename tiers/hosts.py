@@ -17,7 +17,7 @@ import torch
 from tierflow.migration.outcome import MigrationOutcome
 from tierflow.tiers.aggregate import WeightedSum
 from tierflow.tiers.dataplane import DataPlaneClient, DataPlaneServer, DataPlaneTimeout
-from tierflow.tiers.device_group import DeviceGroup, DeviceState, draw_batch
+from tierflow.tiers.device_group import DeviceGroup, draw_batch, live_state
 from tierflow.tiers.engine import EngineChooser
 from tierflow.tiers.memory import ReportsPeakMemory
 from tierflow.tiers.models import InputShape
@@ -379,8 +379,7 @@ class DeviceHost(ReportsPeakMemory):
         devices = [self.devices[d] for d in ids]
         sessions = [d.session for d in devices]
         group = DeviceGroup(self.factory, sessions[0].key, self.optimizer,
-                            {d: DeviceState(partition_state(s.runner), optimizer_state(s.runner))
-                             for d, s in zip(ids, sessions, strict=True)})
+                            {d: live_state(s.runner) for d, s in zip(ids, sessions, strict=True)})
         samplers = [d.sampler.snapshot() for d in devices]
         totals = _GroupTotals(len(group), int(jobs[0][1]), group.key.n_tiers)
         try:
@@ -393,15 +392,12 @@ class DeviceHost(ReportsPeakMemory):
                     d.sampler.restore(snap)
                 return [replace(self._train_one(j), engine="looped") for j in jobs]
             return [replace(self._failed(j, exc), engine="vectorized") for j in jobs]
+        group.store_into([s.runner for s in sessions])
+        finite = np.isfinite(totals.loss_sum) & group.finite()
         reports = []
         for k, (job, s) in enumerate(zip(jobs, sessions, strict=True)):
-            state = group.state_of(job[0])
-            load_partition(s.runner, state.weights)
-            load_optimizer_state(s.runner, state.optimizer)
             s.steps_done += totals.steps
-            finite = bool(np.isfinite(totals.loss_sum[k])) and all(bool(np.isfinite(w).all())
-                                                                   for w in state.weights.values())
-            reports.append(totals.report(k, job[0], job[3], finite))
+            reports.append(totals.report(k, job[0], job[3], bool(finite[k])))
         return reports
 
     def _step_group(self, group: DeviceGroup, devices: Sequence[LogicalDevice], totals: _GroupTotals, link) -> None:
@@ -576,8 +572,7 @@ class SessionHost(ReportsPeakMemory, ServesPorts):
         is a 3-tier split's edge); the sessions are written back only once the step has succeeded."""
         k, key = len(sessions), sessions[0].key
         group = DeviceGroup(self.factory, key, self.optimizer,
-                            {d: DeviceState(partition_state(s.runner), optimizer_state(s.runner))
-                             for d, s in zip(device_ids, sessions, strict=True)}, self.tier)
+                            {d: live_state(s.runner) for d, s in zip(device_ids, sessions, strict=True)}, self.tier)
         above = key.n_tiers - self.tier  # tiers from this one up
         compute = np.zeros((k, above))
         up = np.zeros((k, above - 1), dtype=np.int64)
@@ -599,10 +594,8 @@ class SessionHost(ReportsPeakMemory, ServesPorts):
             up[:, 0] = sum(o[0].nbytes for o in outs) + labels[0].nbytes  # per device, as step counts it
             down[:, 0] = sum(g[0].nbytes for g in reply.grads)
         compute[:, 0] = own_s / k  # the group's wall time, shared
-        for d, s in zip(device_ids, sessions, strict=True):
-            state = group.state_of(d)
-            load_partition(s.runner, state.weights)
-            load_optimizer_state(s.runner, state.optimizer)
+        group.store_into([s.runner for s in sessions])
+        for s in sessions:
             s.steps_done += 1
         return UpperGroupReply(grads, np.asarray(loss, dtype=np.float64), np.asarray(correct, dtype=np.int64),
                                compute, up, down)
