@@ -278,8 +278,11 @@ class Fleet:
 
     def close_sessions(self, where: Iterable[tuple[str, str]]) -> None:
         """Drop sessions, each named by (server, session id); a server that is gone holds nothing."""
-        ray.get([self._server_call(server, "close_session", sid) for server, sid in where
-                 if server == CLOUD or server in self.edges])
+        by_server: dict[str, list[str]] = {}
+        for server, sid in where:
+            if server == CLOUD or server in self.edges:
+                by_server.setdefault(server, []).append(sid)
+        ray.get([self._server_call(server, "close_sessions", ids) for server, ids in by_server.items()])
 
     def session_ids(self) -> dict[str, list[str]]:
         """Every server's open sessions."""

@@ -167,6 +167,23 @@ def test_a_batched_transfer_equals_the_moves_one_by_one():
         single.shutdown()
 
 
+def test_more_moves_than_one_transfer_holds_all_land_in_several(monkeypatch):
+    """A check can move more sessions between one pair of edges than a batch holds (MAX_BATCH):
+    they go as several transfers, every one verified, instead of being refused together."""
+    monkeypatch.setattr(channel, "MAX_BATCH", 2)
+    ids = ["s0", "s1", "s2", "s3", "s4"]
+    host = _host()
+    try:
+        before = _open(host, ids)
+        outs = host.migrate_out("a", ids, "b", host.receiver.endpoint, KEY, 5.0)
+        assert [o.ok for o in outs] == [True] * 5, [o.error for o in outs]
+        assert host.receiver.accepted == 5
+        for sid in ids:
+            _same_session(host.edges["b"].sessions[sid], before[sid])
+    finally:
+        host.shutdown()
+
+
 def test_a_corrupted_session_of_a_batch_is_refused_alone_and_the_source_keeps_it(monkeypatch):
     honest = channel.encode_batch
 

@@ -28,8 +28,9 @@ from tierflow.tiers.optim import OptimizerSpec
 TO_EDGE = "to_edge"  # session-header key naming the logical edge a migrated session is for
 
 # What the fleet may ask of one logical edge (``EdgeHost.on``): its SessionHost control calls.
-EDGE_CALLS = frozenset({"open_session", "open_sessions", "close_session", "session_ids", "optimizer_state",
-                        "load_weights", "weighted_sums", "session_state", "export_sessions", "import_sessions"})
+EDGE_CALLS = frozenset({"open_session", "open_sessions", "close_session", "close_sessions", "session_ids",
+                        "optimizer_state", "load_weights", "weighted_sums", "session_state", "export_sessions",
+                        "import_sessions"})
 
 
 def assign_edges(names: Sequence[str], hosts: int) -> list[list[str]]:
@@ -111,25 +112,35 @@ class EdgeHost(ReportsPeakMemory, ServesPorts):
     def migrate_out(self, src: str, session_ids: Sequence[str], dst: str, endpoint: str, key: bytes,
                     timeout_s: float) -> list[MigrationOutcome]:
         """Send sessions of edge ``src`` to edge ``dst`` behind ``endpoint``: one session as one
-        transfer, several as one batched transfer verified per session. The source copies stay
-        until the orchestrator drops them (after the ACKs)."""
+        transfer, several as batched transfers of up to ``MAX_BATCH`` each, verified per session.
+        The source copies stay until the orchestrator drops them (after the ACKs)."""
+        from tierflow.migration.channel import MAX_BATCH
+
+        edge = self._edge(src)
+        out: list[MigrationOutcome] = []
+        with edge.lock:  # no step of these sessions can run while they are being copied
+            for at in range(0, len(session_ids), MAX_BATCH):
+                out.extend(self._send(edge, session_ids[at:at + MAX_BATCH], dst, endpoint, key, timeout_s))
+        return out
+
+    @staticmethod
+    def _send(edge: EdgeServer, session_ids: Sequence[str], dst: str, endpoint: str, key: bytes,
+              timeout_s: float) -> list[MigrationOutcome]:
         from tierflow.migration.channel import BatchItem, send_state, send_states
         from tierflow.migration.errors import MigrationError
 
-        edge = self._edge(src)
         t0 = time.perf_counter()
-        with edge.lock:  # no step of these sessions can run while they are being copied
-            items = []
-            for sid in session_ids:
-                meta, arrays = edge.sessions[sid].export()
-                items.append(BatchItem(sid, {**meta, TO_EDGE: dst}, arrays))
-            try:
-                if len(items) == 1:
-                    stats = send_state(endpoint, key, items[0].session_id, items[0].meta, items[0].arrays,
-                                       timeout_s=timeout_s)
-                    return [MigrationOutcome(True, int(stats.bytes_), time.perf_counter() - t0)]
-                results = send_states(endpoint, key, items, timeout_s=timeout_s)
-            except MigrationError as exc:
-                return [MigrationOutcome(False, 0, time.perf_counter() - t0, str(exc)) for _ in items]
+        items = []
+        for sid in session_ids:
+            meta, arrays = edge.sessions[sid].export()
+            items.append(BatchItem(sid, {**meta, TO_EDGE: dst}, arrays))
+        try:
+            if len(items) == 1:
+                stats = send_state(endpoint, key, items[0].session_id, items[0].meta, items[0].arrays,
+                                   timeout_s=timeout_s)
+                return [MigrationOutcome(True, int(stats.bytes_), time.perf_counter() - t0)]
+            results = send_states(endpoint, key, items, timeout_s=timeout_s)
+        except MigrationError as exc:
+            return [MigrationOutcome(False, 0, time.perf_counter() - t0, str(exc)) for _ in items]
         duration = time.perf_counter() - t0
         return [MigrationOutcome(r.ok, r.bytes_ if r.ok else 0, duration, r.error) for r in results]
