@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -58,3 +59,32 @@ def test_a_clones_tensors_and_hooks_are_its_own():
     assert calls == ["a"]
     a.eval()
     assert b.training and template.training
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_MODELS))
+def test_a_clone_given_values_equals_a_clone_loaded_with_them(name):
+    """What a migrated or opened session is built with: the arrays' values (float64 arrays cast to
+    the stage's float32, as load_partition casts), and the template untouched."""
+    from tierflow.tiers.optim import OptimizerSpec
+    from tierflow.tiers.session import StageFactory, load_partition
+    from tierflow.tiers.step import StageRunner
+
+    template = trace(build_model(name, SHAPE, seed=3))
+    before = {k: v.detach().clone() for k, v in template.state_dict().items()}
+    values = {k: (v.detach().numpy() * 2 + 1).astype(np.float64 if v.is_floating_point() else v.numpy().dtype)
+              for k, v in build_model(name, SHAPE, seed=4).state_dict().items()}
+    got = clone_module(template, values).state_dict()
+    want_runner = StageRunner(StageFactory(name, SHAPE).stage(*_whole(name)), OptimizerSpec("sgd", lr=0.1))
+    load_partition(want_runner, values)
+    want = want_runner.module.state_dict()
+    for k in want:
+        assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
+    for k, v in template.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def _whole(name):
+    from tierflow.tiers.session import SplitKey
+    from tierflow.tiers.split import assignment_from_cuts
+
+    return SplitKey.of(assignment_from_cuts(trace(build_model(name, SHAPE)), []), 1), 0

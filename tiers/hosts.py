@@ -610,8 +610,7 @@ class SessionHost(ReportsPeakMemory, ServesPorts):
 
     def open_session(self, device_id: str, key: SplitKey, state: Mapping[str, np.ndarray], weight: float,
                      optimizer_states: Mapping | None = None) -> None:
-        runner = self.factory.runner(key, self.tier, self.optimizer)
-        load_partition(runner, state)
+        runner = self.factory.runner(key, self.tier, self.optimizer, state)
         if optimizer_states:
             load_optimizer_state(runner, optimizer_states)
         with self.lock:

@@ -54,15 +54,28 @@ class StageFactory:
         self.shape = shape
         self._gm = trace(build_model(model_name, shape))
         self._cache: dict[SplitKey, list[Stage]] = {}
+        self._names: dict[SplitKey, list[list[str]]] = {}
 
-    def stage(self, key: SplitKey, tier: int) -> Stage:
+    def _template(self, key: SplitKey, tier: int) -> Stage:
         if key not in self._cache:
             self._cache[key] = split_graph(self._gm, key.assignment(), key.n_tiers)
-        template = self._cache[key][tier]
-        return Stage(template.tier, clone_module(template.module), template.input_names, template.output_names)
+            self._names[key] = [list(s.module.state_dict()) for s in self._cache[key]]
+        return self._cache[key][tier]
 
-    def runner(self, key: SplitKey, tier: int, optimizer: OptimizerSpec) -> StageRunner:
-        return StageRunner(self.stage(key, tier), optimizer)
+    def stage(self, key: SplitKey, tier: int, state: Mapping[str, np.ndarray] | None = None) -> Stage:
+        """A private copy of the stage; with ``state`` (a model state holding at least the stage's
+        names), holding those values, as ``load_partition`` of a copy would."""
+        template = self._template(key, tier)
+        return Stage(template.tier, clone_module(template.module, state), template.input_names, template.output_names)
+
+    def state_names(self, key: SplitKey, tier: int) -> list[str]:
+        """The stage's state-dict names, in order (cached: asking a module is a walk of it)."""
+        self._template(key, tier)
+        return self._names[key][tier]
+
+    def runner(self, key: SplitKey, tier: int, optimizer: OptimizerSpec,
+               state: Mapping[str, np.ndarray] | None = None) -> StageRunner:
+        return StageRunner(self.stage(key, tier, state), optimizer)
 
 
 def load_partition(runner: StageRunner, state: Mapping[str, np.ndarray]) -> None:
@@ -143,12 +156,11 @@ class Session:
     def from_export(cls, meta: dict, arrays: Mapping[str, np.ndarray], factory: StageFactory,
                     optimizer: OptimizerSpec) -> Session:
         key = SplitKey(tuple((str(k), int(v)) for k, v in meta["tiers"]), int(meta["n_tiers"]))
-        runner = factory.runner(key, int(meta["tier"]), optimizer)
         state = {k.removeprefix("state/"): v for k, v in arrays.items() if k.startswith("state/")}
-        expected = set(runner.module.state_dict())
+        expected = set(factory.state_names(key, int(meta["tier"])))
         if set(state) != expected:
             raise ValueError(f"session state names do not match the stage: {sorted(set(state) ^ expected)[:5]}")
-        load_partition(runner, state)
+        runner = factory.runner(key, int(meta["tier"]), optimizer, state)
         if runner.optimizer is not None:
             entries: dict[int, dict] = {}
             for name, value in arrays.items():
