@@ -402,43 +402,34 @@ class Fleet:
         return self.migrate_many([move])[0]
 
     def migrate_many(self, moves: Sequence[SessionMove]) -> list[MigrationOutcome]:
-        """Several moves at once (no edge may both send and receive among them: a sender holds its lock).
+        """Several moves at once (each session moved once), outcomes in the order of ``moves``.
 
         The moves between one pair of edges travel as one batched transfer, verified per session; a
-        move between two edges of one host goes over the same channel, through the host's own receiver."""
+        move between two edges of one host goes over the same channel, through the host's own
+        receiver. One call per edge host carries all its edges' transfers. Any edge may send and
+        receive among them: a sender holds its lock only while it copies its sessions out."""
         timeout = self.scenario.policy.migration_timeout_s
         pairs: dict[tuple[str, str], list[int]] = {}
         for i, m in enumerate(moves):
             pairs.setdefault((m.src, m.dst), []).append(i)
-        calls = {pair: self.edges[pair[0]].migrate_out.remote(
-            pair[0], [moves[i].session_id for i in idx], pair[1], self.receivers[pair[1]], self.migration_key,
-            timeout) for pair, idx in pairs.items()}
+        by_host: dict[int, tuple[Any, list[tuple[str, str]]]] = {}
+        for pair in pairs:
+            actor = self.edges[pair[0]]
+            by_host.setdefault(id(actor), (actor, []))[1].append(pair)
+        calls = [(host_pairs, actor.migrate_out_many.remote(
+            [(src, [moves[i].session_id for i in pairs[(src, dst)]], dst, self.receivers[dst])
+             for src, dst in host_pairs], self.migration_key, timeout)) for actor, host_pairs in by_host.values()]
         outs: list[MigrationOutcome | None] = [None] * len(moves)
-        for pair, got in zip(calls, ray.get(list(calls.values())), strict=True):
-            for i, out in zip(pairs[pair], got, strict=True):
-                outs[i] = out
+        for (host_pairs, _), got in zip(calls, ray.get([ref for _, ref in calls]), strict=True):
+            for pair, pair_outs in zip(host_pairs, got, strict=True):
+                for i, out in zip(pairs[pair], pair_outs, strict=True):
+                    outs[i] = out
         self.close_sessions((m.src, m.session_id) for m, out in zip(moves, outs, strict=True) if out.ok)
         return outs
 
     def migrate_all(self, moves: Sequence[SessionMove]) -> list[MigrationOutcome]:
-        """Any number of moves, in waves that :meth:`migrate_many` can make at once: in each wave no
-        edge both sends and receives (two edges sending to each other would each hold its lock while
-        waiting for the other's ACK). Outcomes in the order of ``moves``."""
-        waves: list[tuple[set[str], set[str], list[int]]] = []  # (senders, receivers, move indices)
-        for i, m in enumerate(moves):
-            for senders, receivers, members in waves:
-                if m.src not in receivers and m.dst not in senders:
-                    senders.add(m.src)
-                    receivers.add(m.dst)
-                    members.append(i)
-                    break
-            else:
-                waves.append(({m.src}, {m.dst}, [i]))
-        outs: list[MigrationOutcome | None] = [None] * len(moves)
-        for _, _, members in waves:
-            for i, out in zip(members, self.migrate_many([moves[i] for i in members]), strict=True):
-                outs[i] = out
-        return outs
+        """Any number of moves (each session's once): :meth:`migrate_many`."""
+        return self.migrate_many(moves)
 
     # ----- faults -----
     def host_answers(self, host: int) -> bool:

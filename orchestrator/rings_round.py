@@ -36,9 +36,9 @@ interval stops there, so a round lasts its interval whatever moves (a ring's fir
 Ring passes and handovers. When the next member sits on another edge, the ring session moves there
 over the migration channel (``migrate_out`` to the destination's receiver, then the source copy is
 dropped), whatever ``policy.handover`` says: that is how a ring works, not a handover. Passes are
-counted apart (``ring_pass`` events, ``ring_passes``/``ring_pass_bytes`` in the summary); passes
-that would cross in opposite directions are never sent at once (each edge holds its lock while it
-sends, so A->B beside B->A would wait on each other until the timeout). A pass that fails ends that
+counted apart (``ring_pass`` events, ``ring_passes``/``ring_pass_bytes`` in the summary); a turn's
+passes go in one call (passes crossing in opposite directions too: a sender holds its lock only
+while it copies the session out, not while it waits for the ACK). A pass that fails ends that
 ring's round where it is (its work so far still counts). Handovers are checked between hops on the
 runner's detector. If the member that just trained (the active member: the handover fell in its hop)
 moved to another edge, ``migrate`` moves the ring session to it (a handover migration) and the ring
@@ -506,36 +506,26 @@ class RingRounds:
         """Bring each ring's session to its next member's edge over the migration channel."""
         moves = [(m, x, x.at, ctx.state.session_at[m]) for m, x in sorted(turn.items())
                  if _needs_pass(ctx, x, m)]
-        while moves:
-            # No edge both sends and receives in one wave: an edge holds its lock while it sends.
-            wave, senders, receivers, later = [], set(), set(), []
-            for mv in moves:
-                _, _, src, dst = mv
-                if src in receivers or dst in senders:
-                    later.append(mv)
-                else:
-                    wave.append(mv)
-                    senders.add(src)
-                    receivers.add(dst)
-            outs = ctx.fleet.migrate_many([SessionMove(x.rid, src, dst) for _, x, src, dst in wave])
-            for (m, x, src, dst), out in zip(wave, outs, strict=True):
-                charged = self.pass_s_between(ctx, src, dst, x.ring.key) if out.ok else 0.0
-                ctx.events.emit(ev.RingPass(round=ctx.round, virtual_time_s=ctx.sim.virtual_time_s, ring=x.rid,
-                                            device=m, from_edge=src, to_edge=dst, bytes=out.bytes_,
-                                            wall_duration_s=out.duration_s, ok=out.ok, charged_s=charged))
-                if not out.ok:
-                    ctx.events.emit(ev.Failure(round=ctx.round, virtual_time_s=ctx.sim.virtual_time_s,
-                                               failure_kind="ring_pass", entity=dst, detail=f"{x.rid}: {out.error}"))
-                    x.stopped = True  # its session is intact at src: the ring's work so far counts
-                    del turn[m]
-                    continue
-                x.at = dst
-                x.clock_s += charged
-                counters = ctx.state.counters
-                counters.ring_passes += 1
-                counters.ring_pass_bytes += out.bytes_
-                counters.ring_pass_time_s += out.duration_s
-            moves = later
+        # One call for every ring's pass (each ring's session moves once): a sender holds its lock
+        # only while copying, so edges may send and receive at once.
+        outs = ctx.fleet.migrate_many([SessionMove(x.rid, src, dst) for _, x, src, dst in moves])
+        for (m, x, src, dst), out in zip(moves, outs, strict=True):
+            charged = self.pass_s_between(ctx, src, dst, x.ring.key) if out.ok else 0.0
+            ctx.events.emit(ev.RingPass(round=ctx.round, virtual_time_s=ctx.sim.virtual_time_s, ring=x.rid,
+                                        device=m, from_edge=src, to_edge=dst, bytes=out.bytes_,
+                                        wall_duration_s=out.duration_s, ok=out.ok, charged_s=charged))
+            if not out.ok:
+                ctx.events.emit(ev.Failure(round=ctx.round, virtual_time_s=ctx.sim.virtual_time_s,
+                                           failure_kind="ring_pass", entity=dst, detail=f"{x.rid}: {out.error}"))
+                x.stopped = True  # its session is intact at src: the ring's work so far counts
+                del turn[m]
+                continue
+            x.at = dst
+            x.clock_s += charged
+            counters = ctx.state.counters
+            counters.ring_passes += 1
+            counters.ring_pass_bytes += out.bytes_
+            counters.ring_pass_time_s += out.duration_s
 
     def _load_device_side(self, ctx: RoundContext, turn: dict[str, _RingRun], start: Shared) -> None:
         """Each member about to train takes the stage the ring's last hop left, or (the ring's first

@@ -95,8 +95,8 @@ class CountsTransfers(Fleet):
 
 @pytest.mark.ray
 def test_a_checks_migrations_made_together_equal_them_one_by_one(ray_session, tmp_path):
-    """The handovers of one check migrate together (a pair of edges' moves as one transfer, the
-    waves never letting an edge send and receive at once) and the run is the one-by-one run."""
+    """The handovers of one check migrate together (a pair of edges' moves as one transfer, edges
+    sending and receiving at once) and the run is the one-by-one run."""
     CountsTransfers.batch_sizes = []
     crowded = moving_city(1, cars=12, spread_m=200)
     together, together_events, together_state = _run(crowded, tmp_path / "together", CountsTransfers)
@@ -180,6 +180,62 @@ def test_more_moves_than_one_transfer_holds_all_land_in_several(monkeypatch):
         assert host.receiver.accepted == 5
         for sid in ids:
             _same_session(host.edges["b"].sessions[sid], before[sid])
+    finally:
+        host.shutdown()
+
+
+def test_two_hosts_sending_to_each_other_at_once_both_land():
+    """A check may move sessions a -> b and b -> a at once between two processes: each sender
+    holds its edge's lock only while it copies, so neither waits on the other's ACK under it (held
+    through the send, both would time out: the receiver needs the lock to store what it got)."""
+    import threading
+
+    from test_device_group import MOMENTUM, SHAPE, TOKEN, _full_states, _key, _setups
+
+    x = EdgeHost("x", ["a"], "mlp", SHAPE, MOMENTUM, token=TOKEN)
+    y = EdgeHost("y", ["b"], "mlp", SHAPE, MOMENTUM, token=TOKEN)
+    hosts = {"a": x, "b": y}
+    try:
+        for h in (x, y):
+            h.start_migration_receiver(KEY)
+        key, setups = _key("mlp", [2]), _setups(shards=[13] * 4)
+        states = _full_states("mlp", setups)
+        ids = {"a": ["d0", "d1"], "b": ["d2", "d3"]}
+        for edge, sids in ids.items():
+            for sid in sids:
+                hosts[edge].on(edge, "open_session", sid, key, states[sid], 1.0)
+        before = {sid: hosts[e].edges[e].sessions[sid].export() for e, sids in ids.items() for sid in sids}
+        outs: dict[str, list] = {}
+        # Each sender pauses while it holds its lock, so both are inside their transfer together.
+        for edge in ("a", "b"):
+            session = hosts[edge].edges[edge].sessions[ids[edge][0]]
+            honest = session.export
+            session.export = lambda honest=honest: (threading.Event().wait(0.2), honest())[1]
+        threads = [threading.Thread(target=lambda src=src, dst=dst: outs.__setitem__(src, hosts[src].migrate_out_many(
+            [(src, ids[src], dst, hosts[dst].receiver.endpoint)], KEY, 3.0))) for src, dst in (("a", "b"), ("b", "a"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=20)
+        for src, dst in (("a", "b"), ("b", "a")):
+            assert [o.ok for o in outs[src][0]] == [True, True], [o.error for o in outs[src][0]]
+            for sid in ids[src]:
+                _same_session(hosts[dst].edges[dst].sessions[sid], before[sid])
+    finally:
+        x.shutdown()
+        y.shutdown()
+
+
+def test_a_transfer_from_a_gone_edge_fails_alone():
+    host = _host()
+    try:
+        _open(host, ["s0"])
+        host.kill("b")
+        outs = host.migrate_out_many([("b", ["s9"], "a", host.receiver.endpoint),
+                                      ("a", ["s0"], "b", host.receiver.endpoint)], KEY, 2.0)
+        assert not outs[0][0].ok and "not served" in outs[0][0].error
+        assert not outs[1][0].ok  # b is gone at the receiving end too: refused, the source keeps it
+        assert "s0" in host.edges["a"].sessions
     finally:
         host.shutdown()
 

@@ -118,9 +118,21 @@ class EdgeHost(ReportsPeakMemory, ServesPorts):
 
         edge = self._edge(src)
         out: list[MigrationOutcome] = []
-        with edge.lock:  # no step of these sessions can run while they are being copied
-            for at in range(0, len(session_ids), MAX_BATCH):
-                out.extend(self._send(edge, session_ids[at:at + MAX_BATCH], dst, endpoint, key, timeout_s))
+        for at in range(0, len(session_ids), MAX_BATCH):
+            out.extend(self._send(edge, session_ids[at:at + MAX_BATCH], dst, endpoint, key, timeout_s))
+        return out
+
+    def migrate_out_many(self, transfers: Sequence[tuple[str, Sequence[str], str, str]], key: bytes,
+                         timeout_s: float) -> list[list[MigrationOutcome]]:
+        """Each ``(src, session ids, dst, dst's endpoint)`` as :meth:`migrate_out`, in order: a
+        check's transfers from this host's edges in one call. A transfer whose source edge is gone
+        fails alone."""
+        out = []
+        for src, ids, dst, endpoint in transfers:
+            try:
+                out.append(self.migrate_out(src, ids, dst, endpoint, key, timeout_s))
+            except EdgeGone as exc:
+                out.append([MigrationOutcome(False, 0, 0.0, str(exc)) for _ in ids])
         return out
 
     @staticmethod
@@ -130,10 +142,14 @@ class EdgeHost(ReportsPeakMemory, ServesPorts):
         from tierflow.migration.errors import MigrationError
 
         t0 = time.perf_counter()
-        items = []
-        for sid in session_ids:
-            meta, arrays = edge.sessions[sid].export()
-            items.append(BatchItem(sid, {**meta, TO_EDGE: dst}, arrays))
+        # The lock is held for the copy only, not while waiting for the ACK: an export is a copy
+        # (the source session is left as it was), and a sender that held its lock would deadlock
+        # with an edge sending to it (each waiting for the other's ACK), so moves would need waves.
+        with edge.lock:
+            items = []
+            for sid in session_ids:
+                meta, arrays = edge.sessions[sid].export()
+                items.append(BatchItem(sid, {**meta, TO_EDGE: dst}, arrays))
         try:
             if len(items) == 1:
                 stats = send_state(endpoint, key, items[0].session_id, items[0].meta, items[0].arrays,
