@@ -379,9 +379,7 @@ def send_state(endpoint: str, key: bytes, session_id: str, meta: Mapping, arrays
     try:
         sock.connect(endpoint)
         sock.send_multipart([_BEGIN, nonce, begin.tag(), head, frames[0]])
-        per_message = max(1, BATCH_BYTES // chunk_bytes)
-        for i in range(1, len(frames), per_message):  # MACs of batch k+1 computed while batch k is on the wire
-            batch = frames[i:i + per_message]
+        for batch in _data_groups(frames[1:]):  # MACs of group k+1 computed while group k is on the wire
             for chunk in batch:
                 body.update(chunk)
             sock.send_multipart([_DATA, nonce, *batch], copy=False)
@@ -407,6 +405,22 @@ def send_state(endpoint: str, key: bytes, session_id: str, meta: Mapping, arrays
         raise MigrationError(f"{endpoint} refused session {session_id}: {reply[1].decode(errors='replace')}")
     nbytes = sum(len(f) for f in frames[1:])
     return TransferStats(nbytes, time.perf_counter() - t0, len(frames) - 1)
+
+
+def _data_groups(chunks: list) -> list[list]:
+    """Consecutive chunks in groups of about ``BATCH_BYTES`` (a larger chunk alone): one DATA
+    message each. A session's arrays are mostly small (an MLP layer is tens of KB), and a message
+    per array made the receiver's per-message work, not the bytes, the cost of a batch."""
+    groups: list[list] = []
+    size = BATCH_BYTES
+    for chunk in chunks:
+        n = len(chunk)
+        if size + n > BATCH_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(chunk)
+        size += n
+    return groups
 
 
 def _item_mac(key: bytes, nonce: bytes, index: int, head, wire_header) -> ItemMac:
@@ -477,9 +491,7 @@ def encode_batch(key: bytes, items: list[BatchItem], chunk_bytes: int = 2**21) -
         item_bytes[i] += len(chunk)
         decoder.feed(chunk)
     messages: list[list] = [[_BEGIN, nonce, begin.tag(), head, frames[0]]]
-    per_message = max(1, BATCH_BYTES // chunk_bytes)
-    for i in range(1, len(frames), per_message):
-        messages.append([_DATA, nonce, *frames[i:i + per_message]])
+    messages.extend([_DATA, nonce, *group] for group in _data_groups(frames[1:]))
     messages.append([_END, nonce, *(m.tag() for m in macs)])
     return BatchMessages(nonce, messages, item_bytes)
 

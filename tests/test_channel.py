@@ -10,6 +10,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tierflow.migration import channel
 from tierflow.migration.channel import MigrationReceiver, send_state
 from tierflow.migration.errors import MigrationError
 
@@ -177,3 +178,19 @@ def test_fuzz_envelopes_with_real_kinds_are_never_accepted(frames):
         assert r.rejected == 1 and r.accepted == 0 and not r._inbound
     finally:
         r.close()
+
+
+def test_small_chunks_share_data_messages_in_order_and_a_large_one_goes_alone():
+    """Many small arrays (a batch of MLP sessions) go as a few DATA messages, not one each."""
+    from tierflow.migration.channel import BATCH_BYTES, _data_groups
+
+    chunks = [bytes([i % 251]) * n for i, n in enumerate([10, 20, BATCH_BYTES - 40, 30, BATCH_BYTES + 5, 1, 2])]
+    groups = _data_groups(chunks)
+    assert [c for g in groups for c in g] == chunks  # nothing lost or reordered
+    assert [len(g) for g in groups] == [3, 1, 1, 2]
+    assert all(sum(map(len, g)) <= BATCH_BYTES or len(g) == 1 for g in groups)
+    assert _data_groups([]) == []
+    batch = channel.encode_batch(b"k" * 32, [channel.BatchItem(f"s{i}", {}, {"w": np.ones(100, np.float32),
+                                                                           "b": np.ones(3, np.float32)})
+                                             for i in range(50)])
+    assert len(batch.messages) == 3  # BEGIN, one DATA holding all 100 arrays, END
