@@ -20,6 +20,7 @@ import os
 import resource
 import tempfile
 import time
+from statistics import mean
 from dataclasses import replace
 from pathlib import Path
 
@@ -91,18 +92,29 @@ class Watch:
         self.round_wall: list[float] = []
         self.actors: dict[str, float] = {}
         self._last: float | None = None
+        self.last_round_end: float | None = None  # perf_counter() at the last round's end
+        self.tail_s = 0.0  # from the last round's end to the run's: its checkpoint, mostly
 
     def __call__(self, record: dict) -> None:
         if record.get("event") == "run_start":
             self._last = 0.0
+        if record.get("event") == "run_end" and self.last_round_end is not None:
+            self.tail_s = time.perf_counter() - self.last_round_end
         if record.get("event") != "round_end":
             return
+        self.last_round_end = time.perf_counter()
         wall = float(record["wall_time_s"])
         if self._last is not None:
             self.round_wall.append(wall - self._last)
         self._last = wall
         for k, v in actor_peaks_mib().items():
             self.actors[k] = max(v, self.actors.get(k, 0.0))
+
+
+def checkpoints(scenario, rounds: int) -> int:
+    """How many checkpoints a run of ``rounds`` rounds writes (every ``every_rounds``, and at its end)."""
+    every = scenario.checkpoints.every_rounds
+    return rounds // every + (rounds % every != 0)
 
 
 def main() -> None:
@@ -132,9 +144,13 @@ def main() -> None:
         "s_per_round": round(summary["round_loop_s"] / tr.rounds, 3),
         "round_wall_s": {"first_with_startup": round(per_round[0], 2), "min": round(min(per_round), 2),
                          "max": round(max(per_round), 2)} if per_round else None,
-        # Start-up once, then the measured rounds' mean for every round of the scenario as written.
-        "full_rounds": full_rounds,
-        "extrapolated_full_run_s": round(wall + (full_rounds - tr.rounds) * summary["round_loop_s"] / tr.rounds, 1),
+        # This run, then for every further round of the scenario as written the mean of this run's
+        # rounds after the first (which also opens the sessions and times the engines), and for every
+        # further checkpoint the one this run ended with.
+        "full_rounds": full_rounds, "checkpoint_s": round(watch.tail_s, 2),
+        "extrapolated_full_run_s": round(wall + (full_rounds - tr.rounds) * mean(per_round[1:] or per_round)
+                                         + (checkpoints(scenario, full_rounds) - checkpoints(scenario, tr.rounds))
+                                         * watch.tail_s, 1),
         "final_accuracy": round(summary["final_accuracy"], 4), "virtual_time_s": round(summary["virtual_time_s"], 2),
         "handovers": summary["handovers"], "migrations": summary["migrations"],
         "driver_peak_rss_mib": round(driver_peak, 1),

@@ -395,3 +395,28 @@ def test_a_group_of_live_stages_equals_one_of_their_exports_to_the_bit(model, op
         for n in oa:
             assert oa[n].keys() == ob[n].keys() and all(np.array_equal(oa[n][f], ob[n][f]) for f in oa[n]), (d, n)
     assert (opt_name == "sgd") or any(optimizer_state(a.devices[d].session.runner) for d in ids)
+
+
+def test_a_group_template_is_kept_per_thread_and_a_stages_tensors_stay_its_own_after_a_load():
+    """Groups of one split share a template per thread (functional_call swaps tensors into it for
+    the call, so two threads must not share one); a stage's cached tensors are still the ones it
+    trains with after values are loaded into it."""
+    import threading
+
+    from tierflow.tiers.session import StageFactory, load_partition
+
+    factory, key = StageFactory("mlp", SHAPE), _key("mlp", [2])
+    here = factory.group_template(key, 1)
+    assert factory.group_template(key, 1) is here
+    other = []
+    t = threading.Thread(target=lambda: other.append(factory.group_template(key, 1)))
+    t.start()
+    t.join()
+    assert other[0] is not here and other[0].module is not here.module
+    runner = factory.runner(key, 1, MOMENTUM)
+    cached = dict(runner.parameters_by_name)
+    state = _full_states("mlp", _setups(shards=[13]))["d0"]
+    load_partition(runner, state)
+    assert {n: p for n, p in runner.module.named_parameters()} == cached
+    for name, p in cached.items():
+        assert np.array_equal(p.detach().numpy(), state[name]), name

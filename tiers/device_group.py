@@ -46,12 +46,11 @@ def live_state(runner: StageRunner) -> DeviceState:
     """A live stage's tensors and optimizer state as they are (no copy): joining a group from them
     skips the numpy round trip of ``partition_state``, a per-step cost when an edge steps its
     sessions as a group."""
-    module = runner.module
-    weights: dict = dict(module.named_parameters())
-    weights.update(module.named_buffers())
+    params = runner.parameters_by_name
+    weights: dict = {**params, **runner.buffers_by_name}
     optimizer: dict = {}
-    if runner.optimizer is not None:
-        for name, p in module.named_parameters():
+    if runner.optimizer is not None and runner.optimizer.state:
+        for name, p in params.items():
             entry = runner.optimizer.state.get(p)
             if entry:
                 optimizer[name] = dict(entry)
@@ -190,15 +189,14 @@ class DeviceGroup:
         if not states:
             raise ValueError("a device group needs at least one device")
         self.factory, self.key, self.spec, self.tier = factory, key, optimizer, tier
-        self.module = factory.stage(key, tier).module  # a template: functional_call swaps in each device's tensors
-        self.module.train()
-        reason = unsupported(self.module)
+        template = factory.group_template(key, tier)
+        reason = unsupported(template.module)
         if reason:
             raise ValueError(f"this stage cannot train as a device group: {reason}")
+        self.module = template.module  # functional_call swaps in each device's tensors
         self.device_ids: list[str] = list(states)
-        self.param_names = [n for n, _ in self.module.named_parameters()]
-        self.buffer_names = [n for n, _ in self.module.named_buffers()]
-        self.state_names = list(self.module.state_dict())  # what a device's stage exports, in its order
+        self.param_names, self.buffer_names = template.param_names, template.buffer_names
+        self.state_names = template.state_names  # what a device's stage exports, in its order
         ordered = [states[d] for d in self.device_ids]
         self.params = {n: _stacked([s.weights[n] for s in ordered]).requires_grad_(True) for n in self.param_names}
         self.buffers = {n: _stacked([s.weights[n] for s in ordered]) for n in self.buffer_names}
@@ -297,14 +295,14 @@ class DeviceGroup:
         if len(runners) != len(self):
             raise ValueError(f"expected {len(self)} stages, got {len(runners)}")
         fresh = {n: f.tolist() for n, f in self.optimizer.fresh.items()}
+        rows = {n: t.detach().unbind(0) for n, t in (*self.params.items(), *self.buffers.items())}
         for k, runner in enumerate(runners):
-            module = runner.module
-            for name, t in module.named_parameters():
-                t.copy_(self.params[name][k])
+            for name, t in runner.parameters_by_name.items():
+                t.copy_(rows[name][k])
                 if runner.optimizer is not None and self.optimizer.fields and not fresh[name][k]:
                     runner.optimizer.state[t] = {f: v[k].clone() for f, v in self.optimizer.state[name].items()}
-            for name, t in module.named_buffers():
-                t.copy_(self.buffers[name][k])
+            for name, t in runner.buffers_by_name.items():
+                t.copy_(rows[name][k])
 
     def finite(self) -> np.ndarray:
         """[K] bool: every parameter and buffer of the device is finite."""

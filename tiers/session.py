@@ -7,6 +7,7 @@ numpy arrays, which is what migration moves between edge servers.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -45,6 +46,14 @@ class SplitKey:
         return out
 
 
+@dataclass(frozen=True)
+class GroupTemplate:
+    module: torch.nn.Module
+    param_names: list[str]
+    buffer_names: list[str]
+    state_names: list[str]  # what a stage exports, in its order
+
+
 class StageFactory:
     """Builds (and caches) the stages of a model for each split; hands out private copies (their
     own tensors, the template's compiled code: tiers/clone.py)."""
@@ -55,6 +64,7 @@ class StageFactory:
         self._gm = trace(build_model(model_name, shape))
         self._cache: dict[SplitKey, list[Stage]] = {}
         self._names: dict[SplitKey, list[list[str]]] = {}
+        self._groups: dict[tuple[SplitKey, int, int], GroupTemplate] = {}
 
     def _template(self, key: SplitKey, tier: int) -> Stage:
         if key not in self._cache:
@@ -67,6 +77,20 @@ class StageFactory:
         names), holding those values, as ``load_partition`` of a copy would."""
         template = self._template(key, tier)
         return Stage(template.tier, clone_module(template.module, state), template.input_names, template.output_names)
+
+    def group_template(self, key: SplitKey, tier: int) -> GroupTemplate:
+        """The stage as a device group calls it (tiers/device_group.py): a copy in training mode,
+        never trained itself, kept per thread (``functional_call`` swaps a group's tensors into it
+        for the call), with its names. One per group was a clone per edge message."""
+        at = (key, tier, threading.get_ident())
+        template = self._groups.get(at)
+        if template is None:
+            module = self.stage(key, tier).module
+            module.train()
+            template = self._groups[at] = GroupTemplate(
+                module, [n for n, _ in module.named_parameters()], [n for n, _ in module.named_buffers()],
+                self.state_names(key, tier))
+        return template
 
     def state_names(self, key: SplitKey, tier: int) -> list[str]:
         """The stage's state-dict names, in order (cached: asking a module is a walk of it)."""

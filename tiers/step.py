@@ -6,6 +6,7 @@ actors run is the maths the tests check. Values cross a link as numpy arrays (th
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Sequence
@@ -41,6 +42,17 @@ class StageRunner:
         self.optimizer = make_optimizer(self.module.parameters(), optimizer)
         self._inputs: list[torch.Tensor] = []
         self._outputs: list[torch.Tensor] = []
+
+    @functools.cached_property
+    def parameters_by_name(self) -> dict[str, torch.nn.Parameter]:
+        """The stage's parameters by state-dict name, asked once: walking the module tree was most of
+        what a group's step cost per session. Loading values into a stage copies in place, so the
+        tensors stay these."""
+        return dict(self.module.named_parameters())
+
+    @functools.cached_property
+    def buffers_by_name(self) -> dict[str, torch.Tensor]:
+        return dict(self.module.named_buffers())
 
     def _take_inputs(self, arrays: Sequence[np.ndarray], track_grad: bool) -> list[torch.Tensor]:
         tensors = [torch.from_numpy(np.asarray(a)) for a in arrays]
