@@ -21,15 +21,29 @@ Aggregation arithmetic, Ray's own overhead, latency and link contention are not 
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import networkx as nx
+import numpy as np
 
 from tierflow.orchestrator.profiles import profile_for
 from tierflow.orchestrator.resources import Resources
 from tierflow.orchestrator.scenario import Scenario
-from tierflow.placement.cost import CostGraph, PeriodCost, Profile, TierSpeeds, as_vector, cost_graph, period_cost
+from tierflow.placement.cost import (
+    Charge,
+    CostGraph,
+    PeriodCost,
+    PeriodCosts,
+    Profile,
+    TierSpeeds,
+    as_vector,
+    cost_graph,
+    makespan_of_arrays,
+    period_cost,
+    period_costs,
+)
 from tierflow.placement.graph import attach_profile, build_layer_graph
 from tierflow.placement.profile import LayerProfile
 from tierflow.tiers.models import InputShape, build_model
@@ -85,6 +99,27 @@ class CostModel:
                                                                          strict=True))
             cost = replace(cost, compute_s=scaled)
         return cost
+
+    def periods(self, keys: Sequence[SplitKey], steps: Sequence[int], batch_sizes: Sequence[int],
+                speeds: TierSpeedArrays, measured_compute_s: np.ndarray | None = None) -> PeriodCosts:
+        """:meth:`period` (one sync each) for many devices at once, in their order: the same floats,
+        priced a group of devices sharing a split and a batch size at a time."""
+        n = len(keys)
+        out = PeriodCosts(np.zeros((n, 3)), np.zeros(n), np.zeros(n))
+        groups: dict[tuple[SplitKey, int], list[int]] = {}
+        for i, question in enumerate(zip(keys, batch_sizes, strict=True)):
+            groups.setdefault(question, []).append(i)
+        inverse = speeds.inverse()
+        steps_arr = np.asarray(steps, dtype=np.int64)
+        for (key, batch), members in groups.items():
+            idx = np.asarray(members)
+            part = period_costs(self.cost_graph(batch), self._vector(key, batch), inverse[idx], steps_arr[idx])
+            out.compute_s[idx], out.transfer_s[idx], out.sync_s[idx] = part.compute_s, part.transfer_s, part.sync_s
+        if self.compute == "measured" and measured_compute_s is not None:
+            assert self.host_flops_per_s is not None
+            out.compute_s[:] = np.asarray(measured_compute_s, dtype=np.float64) * self.host_flops_per_s \
+                / speeds.flops_per_s()
+        return out
 
     def _state_bytes(self, node: str, optimizer: OptimizerSpec) -> float:
         """A layer's weights and buffers, plus one copy of its weights per optimizer state tensor
@@ -142,6 +177,65 @@ def tier_speeds(scenario: Scenario, resources: Resources, device_id: str, edge: 
     return TierSpeeds(resources.device_flops_per_s(device_id, t), resources.edge_flops_per_s(edge, t),
                       resources.device_bandwidth_bps(device_id, t), scenario.cloud.flops_per_s,
                       resources.edge_cloud_bandwidth_bps(edge, t))
+
+
+@dataclass(frozen=True)
+class TierSpeedArrays:
+    """:func:`tier_speeds` of many devices, one array per field."""
+
+    device_flops_per_s: np.ndarray
+    edge_flops_per_s: np.ndarray
+    device_edge_bandwidth_bps: np.ndarray
+    cloud_flops_per_s: np.ndarray
+    edge_cloud_bandwidth_bps: np.ndarray
+
+    def flops_per_s(self) -> np.ndarray:
+        return np.stack([self.device_flops_per_s, self.edge_flops_per_s, self.cloud_flops_per_s], axis=1)
+
+    def inverse(self) -> np.ndarray:
+        """Each row :func:`placement.cost.inverse_params` of that device's speeds."""
+        return 1.0 / np.stack([self.device_flops_per_s, self.edge_flops_per_s, self.cloud_flops_per_s,
+                               self.device_edge_bandwidth_bps, self.edge_cloud_bandwidth_bps], axis=1)
+
+
+def tier_speed_arrays(scenario: Scenario, resources: Resources, device_ids: Sequence[str],
+                      edges: Sequence[str | None], t: float) -> TierSpeedArrays:
+    """:func:`tier_speeds` of each ``(device_ids[i], edges[i])`` at virtual time ``t``."""
+    first = scenario.edges[0].name
+    edges = [e or first for e in edges]
+    n = len(device_ids)
+    return TierSpeedArrays(
+        np.array([resources.device_flops_per_s(d, t) for d in device_ids], dtype=np.float64),
+        np.array([resources.edge_flops_per_s(e, t) for e in edges], dtype=np.float64),
+        np.array([resources.device_bandwidth_bps(d, t) for d in device_ids], dtype=np.float64),
+        np.full(n, float(scenario.cloud.flops_per_s)),
+        np.array([resources.edge_cloud_bandwidth_bps(e, t) for e in edges], dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class PricedPeriod:
+    """Devices' charges for a period, as arrays: what ``Charge`` objects and ``makespan_s`` give,
+    the same floats, without an object per device."""
+
+    device_ids: list[str]
+    edges: list[str | None]
+    costs: PeriodCosts
+    extra_s: np.ndarray
+
+    def makespan_s(self) -> float:
+        return makespan_of_arrays(self.device_ids, self.edges, self.costs, self.extra_s)
+
+    def charges(self) -> list[Charge]:
+        extra = self.extra_s.tolist()
+        return [Charge(d, e, self.costs.at(i), extra[i]) for i, (d, e) in enumerate(zip(self.device_ids, self.edges,
+                                                                                          strict=True))]
+
+    def add_compute(self, total: tuple[float, float, float]) -> tuple[float, float, float]:
+        """``total`` plus the charges' compute, tier by tier, in the charges' order."""
+        d, e, c = total
+        for a, b, k in self.costs.compute_s.tolist():
+            d, e, c = d + a, e + b, c + k
+        return d, e, c
 
 
 def edge_to_edge_bps(scenario: Scenario, src: str, dst: str) -> float:

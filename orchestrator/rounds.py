@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tierflow.orchestrator.round_context import RoundContext
-from tierflow.placement.cost import Charge, makespan_s
+from tierflow.placement.cost import Charge
 from tierflow.tiers.hosts import TrainReport
 
 
@@ -63,9 +63,9 @@ class SyncRounds:
             state.period = period
             period_reports, extra_s = ops.run_period(virtual_round)
             reports.extend(period_reports)
-            charges = ops.charges(period_reports, extra_s, virtual_round)
-            virtual_round += makespan_s(charges)
-            compute = add_compute(compute, charges)
+            priced = ops.priced(period_reports, extra_s, virtual_round)
+            virtual_round += priced.makespan_s()
+            compute = priced.add_compute(compute)
             healthy = ops.healthy(period_reports)
             groups = ctx.aggregation.groups({d: e for d, e in state.session_at.items() if d in healthy})
             sums = ops.partial_sums(groups)

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import networkx as nx
+import numpy as np
 
 LABEL_BYTES = 8  # one int64 class label per sample, sent up with the activations
 
@@ -291,6 +292,59 @@ def period_cost(cg: CostGraph, x: Sequence[int], speeds: TierSpeeds, steps: int,
     for j in range(k, 2 * k - 1):
         transfer += f[j] * p[j]
     return PeriodCost((compute[0], compute[1], compute[2]), steps * transfer, syncs * sync_bits(cg, x) * p[k])
+
+
+@dataclass(frozen=True)
+class PeriodCosts:
+    """:func:`period_cost` of many devices as arrays over them (``[n, 3]`` and ``[n]``): a clock
+    that prices 10,000 devices a segment cannot afford a Python call each."""
+
+    compute_s: np.ndarray
+    transfer_s: np.ndarray
+    sync_s: np.ndarray
+
+    @property
+    def total_s(self) -> np.ndarray:
+        c = self.compute_s  # summed in PeriodCost.total_s's order
+        return c[:, 0] + c[:, 1] + c[:, 2] + self.transfer_s + self.sync_s
+
+    def at(self, i: int) -> PeriodCost:
+        c = self.compute_s[i]
+        return PeriodCost((float(c[0]), float(c[1]), float(c[2])), float(self.transfer_s[i]), float(self.sync_s[i]))
+
+
+def period_costs(cg: CostGraph, x: Sequence[int], inverse: np.ndarray, steps: np.ndarray, syncs: int = 1
+                 ) -> PeriodCosts:
+    """:func:`period_cost` for devices that share ``cg`` and ``x``, each at its own speeds
+    (``inverse``: ``[n, 2K-1]``, each row :func:`inverse_params` of its speeds) and step count.
+    Elementwise, the same operations in the same order as the scalar function, so each device's
+    floats are bit for bit the ones it would get alone (the planner prices one device at a time)."""
+    f = features(cg, x, with_sync=False)
+    k = cg.num_tiers
+    n = len(steps)
+    compute = np.zeros((n, 3))
+    for t in range(k):
+        compute[:, t] = steps * f[t] * inverse[:, t]
+    transfer = np.zeros(n)
+    for j in range(k, 2 * k - 1):
+        transfer = transfer + f[j] * inverse[:, j]
+    return PeriodCosts(compute, steps * transfer, syncs * sync_bits(cg, x) * inverse[:, k])
+
+
+def makespan_of_arrays(device_ids: Sequence[str], edges: Sequence[str | None], costs: PeriodCosts,
+                       extra_s: np.ndarray) -> float:
+    """:func:`makespan_s` of the charges ``(device_ids[i], edges[i], costs.at(i), extra_s[i])``,
+    the same float: the maxima are exact in any order, the sums run in the same device order."""
+    if not len(device_ids):
+        return 0.0
+    totals = (costs.total_s + extra_s).tolist()
+    edge_s, cloud_s = costs.compute_s[:, 1].tolist(), costs.compute_s[:, 2].tolist()
+    edge_busy: dict[str | None, float] = {}
+    cloud_busy = 0.0
+    for i in sorted(range(len(device_ids)), key=device_ids.__getitem__):
+        edge_busy[edges[i]] = edge_busy.get(edges[i], 0.0) + edge_s[i]
+        cloud_busy += cloud_s[i]
+    return max(max(0.0, *totals), max(edge_busy.values()), cloud_busy)
 
 
 @dataclass(frozen=True)
