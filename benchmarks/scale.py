@@ -20,9 +20,9 @@ import os
 import resource
 import tempfile
 import time
-from statistics import mean
 from dataclasses import replace
 from pathlib import Path
+from statistics import mean
 
 import torch
 import torch.nn.functional as F
@@ -143,7 +143,8 @@ def main() -> None:
         "startup_s": round(wall - summary["round_loop_s"], 2),
         "s_per_round": round(summary["round_loop_s"] / tr.rounds, 3),
         "round_wall_s": {"first_with_startup": round(per_round[0], 2), "min": round(min(per_round), 2),
-                         "max": round(max(per_round), 2)} if per_round else None,
+                         "max": round(max(per_round), 2),
+                         "after_first_mean": round(mean(per_round[1:] or per_round), 3)} if per_round else None,
         # This run, then for every further round of the scenario as written the mean of this run's
         # rounds after the first (which also opens the sessions and times the engines), and for every
         # further checkpoint the one this run ended with.
