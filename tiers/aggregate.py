@@ -23,14 +23,16 @@ class WeightedSum:
 
     def add(self, state: Mapping[str, np.ndarray], weight: float) -> None:
         for name, value in state.items():
-            contribution = np.asarray(value, dtype=np.float64) * weight
+            value = np.asarray(value)
+            # In float64 from the first operation on: the same floats as converting first.
+            contribution = np.multiply(value, weight, dtype=np.float64)
             if name in self.sums:
                 self.sums[name] += contribution
                 self.weights[name] += weight
             else:
                 self.sums[name] = contribution
                 self.weights[name] = weight
-                self.dtypes[name] = np.asarray(value).dtype.str
+                self.dtypes[name] = value.dtype.str
 
     def merge(self, other: WeightedSum) -> None:
         for name, total in other.sums.items():

@@ -30,6 +30,7 @@ from tierflow.tiers.session import (
     load_partition,
     optimizer_state,
     partition_state,
+    state_views,
 )
 from tierflow.tiers.step import wire_bytes
 
@@ -466,7 +467,7 @@ class DeviceHost(ReportsPeakMemory):
             acc = WeightedSum()
             for d in device_ids:
                 session = self.devices[d].session
-                acc.add(partition_state(session.runner), session.weight)
+                acc.add(state_views(session.runner), session.weight)
             out[group] = acc
         return out
 
@@ -650,7 +651,7 @@ class SessionHost(ReportsPeakMemory, ServesPorts):
                 for d in device_ids:
                     if d in self.sessions:
                         s = self.sessions[d]
-                        acc.add(partition_state(s.runner), s.weight)
+                        acc.add(state_views(s.runner), s.weight)
                 out[group] = acc
         return out
 

@@ -104,15 +104,20 @@ class StageFactory:
 
 def load_partition(runner: StageRunner, state: Mapping[str, np.ndarray]) -> None:
     """Copy the entries of a full model state that this stage owns into it."""
-    own = runner.module.state_dict()
     with torch.no_grad():
-        for name, tensor in own.items():
+        for name, tensor in runner.state_tensors.items():
             # Assign through numpy: the source may be a read-only buffer straight from Ray's store.
             tensor.numpy()[...] = np.asarray(state[name])
 
 
 def partition_state(runner: StageRunner) -> dict[str, np.ndarray]:
-    return {name: t.detach().numpy().copy() for name, t in runner.module.state_dict().items()}
+    return {name: t.numpy().copy() for name, t in runner.state_tensors.items()}
+
+
+def state_views(runner: StageRunner) -> dict[str, np.ndarray]:
+    """The stage's state as numpy views of its live tensors: for reading right away (a sum), not
+    for keeping (the next step changes them)."""
+    return {name: t.numpy() for name, t in runner.state_tensors.items()}
 
 
 ParameterState = dict[str, dict[str, np.ndarray]]  # parameter name -> its optimizer state tensors

@@ -54,6 +54,13 @@ class StageRunner:
     def buffers_by_name(self) -> dict[str, torch.Tensor]:
         return dict(self.module.named_buffers())
 
+    @functools.cached_property
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The live tensors behind the stage's state dict, by its names and in its order, detached
+        (what a session exports, loads and sums)."""
+        live = {**self.parameters_by_name, **self.buffers_by_name}
+        return {name: live[name].detach() if name in live else t for name, t in self.module.state_dict().items()}
+
     def _take_inputs(self, arrays: Sequence[np.ndarray], track_grad: bool) -> list[torch.Tensor]:
         tensors = [torch.from_numpy(np.asarray(a)) for a in arrays]
         if track_grad:
