@@ -297,3 +297,24 @@ def test_an_unknown_edge_call_is_refused():
     finally:
         host.shutdown()
 
+
+
+def test_closed_sessions_leave_no_cycles_for_the_collector_a_host_runs_less_often():
+    """Hosts collect young objects rarely (tiers/memory.py relax_gc), which is only safe because
+    sessions are freed by reference counting: opening, migrating and closing them leaves no cycles."""
+    import gc
+
+    from tierflow.tiers.memory import GC_YOUNG_THRESHOLD
+
+    host = _host()
+    try:
+        assert gc.get_threshold()[0] >= GC_YOUNG_THRESHOLD
+        ids = [f"s{i}" for i in range(6)]
+        _open(host, ids)
+        assert all(o.ok for o in host.migrate_out("a", ids, "b", host.receiver.endpoint, KEY, 5.0))
+        gc.collect()
+        host.on("a", "close_sessions", ids)
+        host.on("b", "close_sessions", ids)
+        assert gc.collect() == 0
+    finally:
+        host.shutdown()

@@ -19,7 +19,7 @@ from tierflow.tiers.aggregate import WeightedSum
 from tierflow.tiers.dataplane import DataPlaneClient, DataPlaneServer, DataPlaneTimeout
 from tierflow.tiers.device_group import DeviceGroup, draw_batch, live_state
 from tierflow.tiers.engine import EngineChooser
-from tierflow.tiers.memory import ReportsPeakMemory
+from tierflow.tiers.memory import ReportsPeakMemory, relax_gc
 from tierflow.tiers.models import InputShape
 from tierflow.tiers.optim import OptimizerSpec
 from tierflow.tiers.session import (
@@ -229,6 +229,7 @@ class DeviceHost(ReportsPeakMemory):
     def __init__(self, host_id: str, model_name: str, shape: InputShape, optimizer: OptimizerSpec,
                  threads: int = 1, token: str = "", step_timeout_s: float = 60.0, engine: str = "looped"):
         torch.set_num_threads(threads)
+        relax_gc()  # thousands of devices' stages live here
         self.host_id = host_id
         self.client = DataPlaneClient(token, step_timeout_s)
         self.factory = StageFactory(model_name, shape)
@@ -517,6 +518,7 @@ class SessionHost(ReportsPeakMemory, ServesPorts):
         """``peer``: a host-mate in the same process (tiers/edge_host.py) whose traced model and
         engine choices this one shares, so a process times and traces once, not once per edge."""
         torch.set_num_threads(threads)
+        relax_gc()  # thousands of sessions live here
         self.name = name
         self.factory = peer.factory if peer is not None else StageFactory(model_name, shape)
         self.optimizer = optimizer

@@ -1,4 +1,5 @@
-"""Peak resident memory of the process an actor runs in, so a run can say what each tier cost.
+"""Memory of the process an actor runs in: its peak, so a run can say what each tier cost, and
+how often Python's cyclic collector walks what it holds.
 
 A Ray actor is a process of its own (a few hundred MB once torch is imported); at scale the
 question is how many of them a machine holds, and that is answered by each one's peak.
@@ -6,6 +7,7 @@ question is how many of them a machine holds, and that is answered by each one's
 
 from __future__ import annotations
 
+import gc
 import resource
 import sys
 
@@ -21,3 +23,19 @@ class ReportsPeakMemory:
 
     def peak_rss_bytes(self) -> int:
         return peak_rss_bytes()
+
+
+# Allocations between two young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def relax_gc() -> None:
+    """Collect this process's young objects every ``GC_YOUNG_THRESHOLD`` allocations instead of
+    every 700. A host holds thousands of sessions, each a few hundred small objects, and builds
+    more with every migration: the cyclic collector's passes over them were half of the cost of
+    opening or receiving a session (226 -> 104 us at 5,000 sessions). Sessions hold no reference
+    cycles (closing 5,000 leaves nothing for the collector), so refcounting frees them; the collector
+    still runs, only less often, and what it holds back is at most that many young objects."""
+    young, *older = gc.get_threshold()
+    if young < GC_YOUNG_THRESHOLD:
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *older)
