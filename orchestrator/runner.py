@@ -43,7 +43,7 @@ from tierflow.orchestrator.simulation import Simulation
 from tierflow.orchestrator.startup import StartupTimes
 from tierflow.orchestrator.world import World, build_world
 from tierflow.placement.profile import LayerProfile
-from tierflow.tiers.memory import peak_rss_bytes
+from tierflow.tiers.memory import peak_rss_bytes, relaxed_gc
 from tierflow.tiers.models import build_model
 
 
@@ -192,7 +192,8 @@ class Orchestrator:
             self.events_digest = EventsDigest(events_path)
         log = EventLog(events_path, sinks)
         try:
-            return self._run(log)
+            with relaxed_gc():  # the driver holds every device's state and a round's reports
+                return self._run(log)
         finally:
             log.close()
             if exporter is not None:

@@ -318,3 +318,18 @@ def test_closed_sessions_leave_no_cycles_for_the_collector_a_host_runs_less_ofte
         assert gc.collect() == 0
     finally:
         host.shutdown()
+
+
+def test_a_run_relaxes_the_collector_only_while_it_runs():
+    import gc
+
+    from tierflow.tiers.memory import GC_YOUNG_THRESHOLD, relaxed_gc
+
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    try:
+        with relaxed_gc():
+            assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, 10, 10)
+        assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.set_threshold(*before)

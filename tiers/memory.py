@@ -7,9 +7,11 @@ question is how many of them a machine holds, and that is answered by each one's
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import resource
 import sys
+from collections.abc import Iterator
 
 
 def peak_rss_bytes() -> int:
@@ -39,3 +41,15 @@ def relax_gc() -> None:
     young, *older = gc.get_threshold()
     if young < GC_YOUNG_THRESHOLD:
         gc.set_threshold(GC_YOUNG_THRESHOLD, *older)
+
+
+@contextlib.contextmanager
+def relaxed_gc() -> Iterator[None]:
+    """:func:`relax_gc` for the duration of a block (the orchestrator's run, in a process that may
+    be someone else's program), then the thresholds as they were."""
+    before = gc.get_threshold()
+    relax_gc()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
