@@ -335,6 +335,17 @@ def test_choose_engine_names_one_of_the_two():
     assert choose_engine(factory, _key("mlp", ["relu1"]), MOMENTUM, BATCH, 16) in ("vectorized", "looped")
 
 
+def test_timing_stops_repeating_once_one_engine_is_clearly_faster():
+    """An MLP group of 64 devices is many times faster vectorized than looped: one timed
+    repetition decides, not three (a conv-heavy stage spends seconds a repetition)."""
+    from tierflow.tiers.device_group import CLEAR_RATIO, time_engines
+    from tierflow.tiers.session import StageFactory
+
+    timing = time_engines(StageFactory("mlp", SHAPE), _key("mlp", []), MOMENTUM, 8, 64, repeats=3)
+    assert timing.looped_s >= CLEAR_RATIO * timing.vectorized_s
+    assert timing.repetitions == 1 and timing.engine == "vectorized"
+
+
 class WithDropout(torch.nn.Module):
     def __init__(self, shape: InputShape):
         super().__init__()
