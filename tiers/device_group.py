@@ -420,12 +420,12 @@ def time_engines(factory: StageFactory, key: SplitKey, optimizer: OptimizerSpec,
     inputs = _stage_inputs(factory, key, tier, x)
     top, below = tier == key.n_tiers - 1, tier > 0  # a stage above the device returns input gradients
 
-    def vectorized() -> None:
+    def vectorized(g: DeviceGroup = group, k: int = k_vec) -> None:
         if top:
-            group.forward_loss_backward(inputs, y, track_input_grad=below)
+            g.forward_loss_backward([a[:k] for a in inputs], y[:k], track_input_grad=below)
         else:
-            outs = group.forward(inputs, track_input_grad=below)
-            group.backward([np.ones_like(o) for o in outs])
+            outs = g.forward([a[:k] for a in inputs], track_input_grad=below)
+            g.backward([np.ones_like(o) for o in outs])
 
     def looped() -> None:
         for k, r in enumerate(runners):
@@ -435,7 +435,11 @@ def time_engines(factory: StageFactory, key: SplitKey, optimizer: OptimizerSpec,
                 outs = r.forward([a[k] for a in inputs], track_input_grad=below)
                 r.backward([np.ones_like(o) for o in outs])
 
-    vectorized()  # warm-up
+    # Warm-up (first calls pay for allocations and vmap's set-up) on two devices: a conv-heavy
+    # group of the real size costs as much as a timed repetition.
+    k_warm = min(k_vec, 2)
+    vectorized(DeviceGroup(factory, key, optimizer, {str(i): DeviceState(weights, {}) for i in range(k_warm)}, tier),
+               k_warm)
     looped()
     vec, loop = [], []
     for _ in range(repeats):  # interleaved, so a burst of load elsewhere hits both
