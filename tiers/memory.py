@@ -35,7 +35,7 @@ def relax_gc() -> None:
     """Collect this process's young objects every ``GC_YOUNG_THRESHOLD`` allocations instead of
     every 700. A host holds thousands of sessions, each a few hundred small objects, and builds
     more with every migration: the cyclic collector's passes over them were half of the cost of
-    opening or receiving a session (226 -> 104 us at 5,000 sessions). Sessions hold no reference
+    opening or receiving a session (226 -> 133 us at 5,000 sessions). Sessions hold no reference
     cycles (closing 5,000 leaves nothing for the collector), so refcounting frees them; the collector
     still runs, only less often, and what it holds back is at most that many young objects."""
     young, *older = gc.get_threshold()
