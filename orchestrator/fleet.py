@@ -427,10 +427,6 @@ class Fleet:
         self.close_sessions((m.src, m.session_id) for m, out in zip(moves, outs, strict=True) if out.ok)
         return outs
 
-    def migrate_all(self, moves: Sequence[SessionMove]) -> list[MigrationOutcome]:
-        """Any number of moves (each session's once): :meth:`migrate_many`."""
-        return self.migrate_many(moves)
-
     # ----- faults -----
     def host_answers(self, host: int) -> bool:
         try:

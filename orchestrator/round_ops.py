@@ -233,7 +233,7 @@ class RoundOps:
                 planned.append(SessionMove(d, src, h.to_edge))
         if len(planned) < 2:
             return {}
-        return {m.session_id: (m, out) for m, out in zip(planned, self.fleet.migrate_all(planned), strict=True)}
+        return {m.session_id: (m, out) for m, out in zip(planned, self.fleet.migrate_many(planned), strict=True)}
 
     def on_handover(self, h: Handover, remaining: dict[str, int], dropped: set[str], extra_s: dict[str, float],
                     made: Mapping[str, tuple[SessionMove, MigrationOutcome]] = {}) -> None:
@@ -359,15 +359,16 @@ class RoundOps:
         """What the cost model charges for the reports' work, every resource as it was at the start of
         the work (``offset_s`` after the round began) and held for that period (orchestrator/resources.py)."""
         worked = [r for r in reports if r.steps > 0]
-        ids = [r.device_id for r in worked]
-        edges = [r.edge for r in worked]
-        splits, extra = self.state.splits, extra_s or {}
-        speeds = tier_speed_arrays(self.scenario, self.sim.resources, ids, edges, self.sim.virtual_time_s + offset_s)
-        costs = self.cost.periods([splits[d] for d in ids], [r.steps for r in worked],
-                                  [r.samples // r.steps for r in worked], speeds,
-                                  measured_compute_s=np.array([r.compute_s for r in worked], dtype=np.float64)
-                                  .reshape(len(worked), 3))
-        return PricedPeriod(ids, edges, costs, np.array([extra.get(d, 0.0) for d in ids], dtype=np.float64))
+        return self._price([r.device_id for r in worked], [r.edge for r in worked], [r.steps for r in worked],
+                           [r.samples // r.steps for r in worked], self.sim.virtual_time_s + offset_s, extra_s or {},
+                           np.array([r.compute_s for r in worked], dtype=np.float64).reshape(len(worked), 3))
+
+    def _price(self, ids: list[str], edges: list[str | None], steps: list[int], batches: list[int], t: float,
+               extra_s: Mapping[str, float], measured_compute_s: np.ndarray | None = None) -> PricedPeriod:
+        """The devices' periods under their splits at the resources of virtual time ``t``."""
+        speeds = tier_speed_arrays(self.scenario, self.sim.resources, ids, edges, t)
+        costs = self.cost.periods([self.state.splits[d] for d in ids], steps, batches, speeds, measured_compute_s)
+        return PricedPeriod(ids, edges, costs, np.array([extra_s.get(d, 0.0) for d in ids], dtype=np.float64))
 
     def charges(self, reports: list[TrainReport], extra_s: Mapping[str, float] | None = None,
                 offset_s: float = 0.0) -> list[Charge]:
@@ -384,15 +385,11 @@ class RoundOps:
         ``local_steps`` and batch, at the resources of this moment (and, ``with_pending``, the transfers
         a re-split left for the next period). Equal to what the clock charges when nothing unforeseen
         (a handover, a failure, a resource change) happens in the period."""
-        sc, t, state = self.scenario, self.sim.virtual_time_s, self.state
-        extra = state.pending_extra_s if with_pending else {}
+        state = self.state
         ids = [d for d in self.devices if self.available(d)]
-        edges = [state.session_at[d] for d in ids]
-        speeds = tier_speed_arrays(sc, self.sim.resources, ids, edges, t)
-        costs = self.cost.periods([state.splits[d] for d in ids], [sc.training.local_steps] * len(ids),
-                                  [self.batch_of[d] for d in ids], speeds)
-        return PricedPeriod(ids, edges, costs, np.array([extra.get(d, 0.0) for d in ids], dtype=np.float64)
-                            ).makespan_s()
+        return self._price(ids, [state.session_at[d] for d in ids], [self.scenario.training.local_steps] * len(ids),
+                           [self.batch_of[d] for d in ids], self.sim.virtual_time_s,
+                           state.pending_extra_s if with_pending else {}).makespan_s()
 
 
 def merge_reports(reports: list[TrainReport]) -> TrainReport:
