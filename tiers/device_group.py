@@ -25,7 +25,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from tierflow.tiers.optim import OPTIMIZERS, OptimizerSpec
 from tierflow.tiers.session import ParameterState, SplitKey, StageFactory
-from tierflow.tiers.step import StageRunner
+from tierflow.tiers.step import StageRunner, backward_from
 
 # torch's defaults for what OptimizerSpec does not set (tiers/optim.py leaves them at the default).
 _SGD_DAMPENING = 0.0
@@ -264,8 +264,7 @@ class DeviceGroup:
         """Apply the stacked gradients that came down the link, step every device, return input grads."""
         pairs = [(out, torch.from_numpy(np.asarray(g)))
                  for out, g in zip(self._outputs, output_grads, strict=True) if out.requires_grad]
-        if pairs:
-            torch.autograd.backward([p[0] for p in pairs], [p[1] for p in pairs])
+        backward_from([p[0] for p in pairs], [p[1] for p in pairs])
         self.optimizer.step(self.params, {n: p.grad for n, p in self.params.items()})
         grads = [(t.grad if t.grad is not None else torch.zeros_like(t)).numpy() if t.requires_grad else
                  np.zeros((len(self), 0), dtype=np.float32) for t in self._inputs]
