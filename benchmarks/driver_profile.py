@@ -31,8 +31,8 @@ from tierflow.orchestrator.fleet import CLOUD, ActorsSnapshot, Fleet, TrainBatch
 from tierflow.orchestrator.runner import Orchestrator, RunOptions
 from tierflow.orchestrator.scenario import load_scenario
 from tierflow.tiers.aggregate import WeightedSum
-from tierflow.tiers.hosts import TrainReport
 from tierflow.tiers.session import Session, StageFactory, load_partition
+from tierflow.tiers.train_report import TrainReport
 
 
 class NoTrainFleet(Fleet):

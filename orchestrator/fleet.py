@@ -30,8 +30,10 @@ from tierflow.orchestrator.scenario import CLOUD_EDGE, Scenario
 from tierflow.tiers.actors import CloudActor, DeviceHostActor, EdgeHostActor, actor_options
 from tierflow.tiers.aggregate import WeightedSum
 from tierflow.tiers.edge_host import assign_edges
-from tierflow.tiers.hosts import DeviceSetup, TrainReport, route
+from tierflow.tiers.hosts import DeviceSetup
 from tierflow.tiers.session import SplitKey
+from tierflow.tiers.train_report import TrainReport
+from tierflow.tiers.upper import route
 
 State = Mapping[str, np.ndarray]
 CLOUD = "cloud"  # the cloud tier's server, as a server name beside the edges'

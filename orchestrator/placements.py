@@ -19,8 +19,8 @@ from tierflow.orchestrator.run_state import split_from_json, split_to_json
 from tierflow.orchestrator.scenario import Scenario
 from tierflow.orchestrator.world import World
 from tierflow.placement.cost import TierSpeeds
-from tierflow.tiers.hosts import TrainReport
 from tierflow.tiers.session import SplitKey
+from tierflow.tiers.train_report import TrainReport
 
 
 class FixedPlacement:

@@ -93,8 +93,8 @@ from tierflow.orchestrator.rounds import RoundResult, add_compute
 from tierflow.placement.cost import PeriodCost
 from tierflow.placement.rings import form_rings
 from tierflow.tiers.aggregate import weighted_average
-from tierflow.tiers.hosts import TrainReport
 from tierflow.tiers.session import SplitKey
+from tierflow.tiers.train_report import TrainReport
 
 
 # ----- the plan: pure data -----

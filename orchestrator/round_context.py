@@ -21,8 +21,8 @@ from tierflow.orchestrator.run_state import RunState
 from tierflow.orchestrator.scenario import Scenario
 from tierflow.orchestrator.simulation import Simulation
 from tierflow.orchestrator.world import World
-from tierflow.tiers.hosts import TrainReport
 from tierflow.tiers.session import SplitKey
+from tierflow.tiers.train_report import TrainReport
 
 
 class Placement(Protocol):

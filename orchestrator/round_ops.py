@@ -27,8 +27,9 @@ from tierflow.orchestrator.world import World
 from tierflow.placement.cost import Charge
 from tierflow.tiers.aggregate import WeightedSum
 from tierflow.tiers.engine import engine_label
-from tierflow.tiers.hosts import DeviceSetup, TrainReport
+from tierflow.tiers.hosts import DeviceSetup
 from tierflow.tiers.session import SplitKey
+from tierflow.tiers.train_report import TrainReport
 
 
 class RoundOps:

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from tierflow.orchestrator.round_context import RoundContext
 from tierflow.placement.cost import Charge
-from tierflow.tiers.hosts import TrainReport
+from tierflow.tiers.train_report import TrainReport
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import yaml
 from tierflow.orchestrator.errors import TierflowError
 from tierflow.orchestrator.resources import ResourceModel, build_resources, read_trace
 from tierflow.orchestrator.scenario import load_scenario
-from tierflow.tiers.hosts import TrainReport
+from tierflow.tiers.train_report import TrainReport
 
 BASE = {
     "cloud": {"flops_per_s": 1e12},

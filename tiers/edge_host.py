@@ -2,7 +2,7 @@
 
 An actor is a process (~300 MB with torch): a city of edges cannot have one each. An EdgeHost
 holds several EdgeServers that share one traced model, one engine choice, one data-plane port and
-one migration receiver. Steps name their edge in the message (``hosts.route``); migrations name
+one migration receiver. Steps name their edge in the message (``upper.route``); migrations name
 theirs in the session header (``TO_EDGE``). A move between two edges of one host goes through the
 same channel as one across hosts (encode, MAC, ACK over loopback, then the source drops its copy),
 so bytes are counted and the MAC checked either way.

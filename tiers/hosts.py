@@ -33,134 +33,15 @@ from tierflow.tiers.session import (
     state_views,
 )
 from tierflow.tiers.step import wire_bytes
-
-
-def call(target, method: str, *args):
-    """Call ``target.method(*args)`` whether target is a Ray actor handle or a plain object."""
-    bound = getattr(target, method)
-    if hasattr(bound, "remote"):
-        import ray
-
-        return ray.get(bound.remote(*args))
-    return bound(*args)
-
-
-@dataclass(frozen=True)
-class UpperReply:
-    """What the tier above answers to one step: input gradients and what the step cost up there."""
-
-    grads: list[np.ndarray]
-    loss: float
-    correct: int
-    compute_s: tuple[float, ...]  # per tier above the caller
-    bytes_up: tuple[int, ...]  # per link above the caller
-    bytes_down: tuple[int, ...]
-
-
-def _reply_to_wire(reply: UpperReply) -> tuple[dict, dict[str, np.ndarray]]:
-    meta = {"correct": reply.correct, "compute_s": list(reply.compute_s),
-            "bytes_up": list(reply.bytes_up), "bytes_down": list(reply.bytes_down), "n": len(reply.grads)}
-    arrays = {f"g{i}": g for i, g in enumerate(reply.grads)}
-    arrays["loss"] = np.array(reply.loss)  # an array, not JSON: a poisoned step's loss is NaN
-    return meta, arrays
-
-
-def _reply_from_wire(meta: dict, arrays: dict[str, np.ndarray]) -> UpperReply:
-    grads = [arrays[f"g{i}"] for i in range(int(meta["n"]))]
-    return UpperReply(grads, float(arrays["loss"]), int(meta["correct"]), tuple(meta["compute_s"]),
-                      tuple(meta["bytes_up"]), tuple(meta["bytes_down"]))
-
-
-ROUTE_SEP = "#"  # never part of a zmq endpoint
-
-
-def route(endpoint: str, server: str) -> str:
-    """A link to one logical server behind a shared data-plane endpoint (an edge host's)."""
-    return f"{endpoint}{ROUTE_SEP}{server}"
-
-
-def _routed(link: str, meta: dict) -> tuple[str, dict]:
-    """The endpoint to send to, and the message naming the logical server it is for (if any)."""
-    endpoint, sep, server = link.partition(ROUTE_SEP)
-    return endpoint, ({**meta, "edge": server} if sep else meta)
-
-
-def step_upper(link, client: DataPlaneClient | None, device_id: str, arrays: list[np.ndarray],
-               labels: np.ndarray) -> UpperReply:
-    """One step on the tier above: over the pyzmq data plane when ``link`` is an endpoint."""
-    if isinstance(link, str):
-        payload = {f"a{i}": a for i, a in enumerate(arrays)}
-        payload["labels"] = labels
-        meta, out = client.request(*_routed(link, {"op": "step", "device": device_id, "n": len(arrays)}), payload)
-        return _reply_from_wire(meta, out)
-    return call(link, "step", device_id, arrays, labels)
-
-
-@dataclass(frozen=True)
-class UpperGroupReply:
-    """What the tier above answers to one step of a device group, every array stacked on dim 0 in
-    the group's device order: what ``UpperReply`` holds for each device."""
-
-    grads: list[np.ndarray]  # each [K, ...]
-    loss: np.ndarray  # [K] float64
-    correct: np.ndarray  # [K] int64
-    compute_s: np.ndarray  # [K, tiers above the caller]
-    bytes_up: np.ndarray  # [K, links above the caller] int64
-    bytes_down: np.ndarray
-
-
-_GROUP_FIELDS = ("loss", "correct", "compute_s", "bytes_up", "bytes_down")
-
-
-def _group_reply_to_wire(reply: UpperGroupReply) -> tuple[dict, dict[str, np.ndarray]]:
-    arrays = {f"g{i}": g for i, g in enumerate(reply.grads)}
-    arrays.update({f: getattr(reply, f) for f in _GROUP_FIELDS})
-    return {"n": len(reply.grads)}, arrays
-
-
-def _group_reply_from_wire(meta: dict, arrays: dict[str, np.ndarray], k: int) -> UpperGroupReply:
-    reply = UpperGroupReply([arrays[f"g{i}"] for i in range(int(meta["n"]))],
-                            *(np.asarray(arrays[f]) for f in _GROUP_FIELDS))
-    for a in (*reply.grads, *(getattr(reply, f) for f in _GROUP_FIELDS)):
-        if a.ndim == 0 or a.shape[0] != k:
-            raise ValueError(f"a group reply for {k} devices holds an array of shape {a.shape}")
-    return reply
-
-
-def step_upper_many(link, client: DataPlaneClient | None, device_ids: Sequence[str], arrays: list[np.ndarray],
-                    labels: np.ndarray) -> UpperGroupReply:
-    """One step of a device group on the tier above, in one message each way (``arrays`` and
-    ``labels`` stacked in ``device_ids`` order); a plain object is called directly."""
-    if isinstance(link, str):
-        payload = {f"a{i}": a for i, a in enumerate(arrays)}
-        payload["labels"] = labels
-        meta, out = client.request(*_routed(link, {"op": "step_many", "devices": list(device_ids),
-                                                    "n": len(arrays)}), payload)
-        return _group_reply_from_wire(meta, out, len(device_ids))
-    return call(link, "step_many", list(device_ids), arrays, labels)
-
-
-NOT_HOSTED = "device not hosted here (its host restarted and lost it)"
-
-
-@dataclass(frozen=True)
-class TrainReport:
-    """One device's local training since the last report: the clock and the metrics read it."""
-
-    device_id: str
-    edge: str | None
-    steps: int
-    samples: int
-    loss_sum: float
-    correct: int
-    compute_s: tuple[float, float, float]  # device, edge, cloud
-    bytes_up: tuple[int, int]  # device-edge, edge-cloud
-    bytes_down: tuple[int, int]
-    n_tiers: int
-    finite: bool = True
-    error: str = ""  # non-empty: the segment failed (e.g. its edge stopped answering); not aggregated
-    not_hosted: bool = False  # the host restarted and lost the device: it must be given its devices again
-    engine: str = "looped"  # the engine this host chose for the device's split and batch (tiers/engine.py)
+from tierflow.tiers.train_report import NOT_HOSTED, TrainReport
+from tierflow.tiers.upper import (
+    UpperGroupReply,
+    UpperReply,
+    group_reply_to_wire,
+    reply_to_wire,
+    step_upper,
+    step_upper_many,
+)
 
 
 @dataclass(frozen=True)
@@ -539,12 +420,12 @@ class SessionHost(ReportsPeakMemory, ServesPorts):
         op, n = meta.get("op"), int(meta["n"])
         inputs = [arrays[f"a{i}"] for i in range(n)]
         if op == "step":
-            return _reply_to_wire(self.step(str(meta["device"]), inputs, arrays["labels"]))
+            return reply_to_wire(self.step(str(meta["device"]), inputs, arrays["labels"]))
         if op == "step_many":
             devices = meta["devices"]
             if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
                 raise ValueError("step_many: expected a list of device ids")
-            return _group_reply_to_wire(self.step_many(devices, inputs, arrays["labels"]))
+            return group_reply_to_wire(self.step_many(devices, inputs, arrays["labels"]))
         raise ValueError(f"unknown op {op!r}")
 
     def step_many(self, device_ids: Sequence[str], arrays: list[np.ndarray], labels: np.ndarray) -> UpperGroupReply:
