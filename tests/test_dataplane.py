@@ -60,3 +60,27 @@ def test_server_answers_with_the_token_and_refuses_without():
         bad.close()
     finally:
         server.close()
+
+
+def test_several_requests_in_flight_to_one_endpoint_each_get_their_own_answer():
+    """submit puts requests on separate sockets, each its own sender: the server's fair queueing
+    may read them in any order, and none is refused as a replay."""
+    def handler(meta, arrays):
+        return {"i": meta["i"]}, {"g0": arrays["x"] + meta["i"]}
+
+    server = DataPlaneServer(handler, token="secret-0123456789abcdef")
+    client = DataPlaneClient("secret-0123456789abcdef", timeout_s=5)
+    try:
+        for _ in range(3):  # sockets are reused once answered
+            pending = [client.submit(server.endpoint, {"i": i}, {"x": np.zeros(2, np.float32)}) for i in range(6)]
+            for i in reversed(range(6)):
+                meta, out = pending[i].wait()
+                assert meta == {"i": i}
+                np.testing.assert_array_equal(out["g0"], np.full(2, i, np.float32))
+        assert server.rejected == 0
+        assert len(client._open) == 6
+        with pytest.raises(RuntimeError, match="already"):
+            pending[0].wait()
+    finally:
+        client.close()
+        server.close()

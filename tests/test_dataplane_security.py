@@ -221,7 +221,7 @@ def test_sockets_carry_the_frame_limit(served):
     server, _ = served
     assert server._sock.maxmsgsize == FRAME_LIMIT_BYTES >= CHUNK_BYTES
     client = DataPlaneClient(TOKEN)
-    assert client._socket(server.endpoint).maxmsgsize == FRAME_LIMIT_BYTES
+    assert client._take(server.endpoint).sock.maxmsgsize == FRAME_LIMIT_BYTES
     client.close()
 
 

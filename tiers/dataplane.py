@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import zmq
@@ -119,46 +120,88 @@ class DataPlaneServer:
 
 
 class DataPlaneClient:
-    """One REQ socket per peer endpoint; a timed-out socket is thrown away so it cannot wedge."""
+    """REQ sockets to peer endpoints, each with its own sender id (tiers/frames.py): requests on
+    different sockets may arrive out of order, and a receiver refuses a sender's counter that goes
+    back. ``submit`` takes an idle socket, so several requests can be in flight to one endpoint;
+    a timed-out socket is thrown away so it cannot wedge."""
 
     def __init__(self, token: str, timeout_s: float = 60.0):
-        self._sealer = Sealer(run_key(token))
+        self._key = run_key(token)
         self._timeout_ms = int(timeout_s * 1000)
         self._ctx = zmq.Context.instance()
-        self._socks: dict[str, zmq.Socket] = {}
+        self._idle: dict[str, list[_Peer]] = {}
+        self._open: set[_Peer] = set()
 
-    def _socket(self, endpoint: str) -> zmq.Socket:
-        sock = self._socks.get(endpoint)
-        if sock is None:
-            sock = self._ctx.socket(zmq.REQ)
-            sock.linger = 0
-            sock.maxmsgsize = FRAME_LIMIT_BYTES
-            sock.connect(endpoint)
-            self._socks[endpoint] = sock
-        return sock
+    def _take(self, endpoint: str) -> _Peer:
+        idle = self._idle.setdefault(endpoint, [])
+        if idle:
+            return idle.pop()
+        sock = self._ctx.socket(zmq.REQ)
+        sock.linger = 0
+        sock.maxmsgsize = FRAME_LIMIT_BYTES
+        sock.connect(endpoint)
+        peer = _Peer(endpoint, sock, Sealer(self._key))
+        self._open.add(peer)
+        return peer
+
+    def submit(self, endpoint: str, meta: dict, arrays: Mapping[str, np.ndarray]) -> PendingReply:
+        """Send a request and return at once; the answer is ``PendingReply.wait()``."""
+        peer = self._take(endpoint)
+        head, frames = peer.sealer.seal_request(encode(meta, arrays))
+        try:
+            peer.sock.send_multipart(frames, copy=False)
+        except zmq.ZMQError:
+            self._discard(peer)
+            raise
+        return PendingReply(self, peer, head)
 
     def request(self, endpoint: str, meta: dict, arrays: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
-        sock = self._socket(endpoint)
-        head, frames = self._sealer.seal_request(encode(meta, arrays))
-        sock.send_multipart(frames, copy=False)
-        if not sock.poll(self._timeout_ms, zmq.POLLIN):
-            sock.close(0)
-            del self._socks[endpoint]
-            raise DataPlaneTimeout(f"no answer from {endpoint} within {self._timeout_ms / 1000:.0f} s")
-        reply = sock.recv_multipart(copy=False)
+        return self.submit(endpoint, meta, arrays).wait()
+
+    def _receive(self, peer: _Peer, head: bytes) -> tuple[dict, dict]:
+        if not peer.sock.poll(self._timeout_ms, zmq.POLLIN):
+            self._discard(peer)
+            raise DataPlaneTimeout(f"no answer from {peer.endpoint} within {self._timeout_ms / 1000:.0f} s")
+        reply = peer.sock.recv_multipart(copy=False)
+        self._idle[peer.endpoint].append(peer)  # answered: ready for the next request
         try:
-            wire = self._sealer.open_reply(head, reply)
+            wire = peer.sealer.open_reply(head, reply)
         except FrameError as exc:
-            raise DataPlaneError(f"{endpoint}: {_refusal_text(reply, exc)}") from exc
+            raise DataPlaneError(f"{peer.endpoint}: {_refusal_text(reply, exc)}") from exc
         reply_meta, reply_arrays = decode(wire)
         if "error" in reply_meta:
-            raise DataPlaneError(f"{endpoint}: {reply_meta['error']}")
+            raise DataPlaneError(f"{peer.endpoint}: {reply_meta['error']}")
         return reply_meta, reply_arrays
 
+    def _discard(self, peer: _Peer) -> None:
+        peer.sock.close(0)
+        self._open.discard(peer)
+
     def close(self) -> None:
-        for sock in self._socks.values():
-            sock.close(0)
-        self._socks.clear()
+        for peer in self._open:
+            peer.sock.close(0)
+        self._open.clear()
+        self._idle.clear()
+
+
+@dataclass(eq=False)
+class _Peer:
+    endpoint: str
+    sock: zmq.Socket
+    sealer: Sealer
+
+
+class PendingReply:
+    """A request on the wire: ``wait`` returns its answer once (or raises, as ``request`` does)."""
+
+    def __init__(self, client: DataPlaneClient, peer: _Peer, head: bytes):
+        self._client, self._peer, self._head = client, peer, head
+
+    def wait(self) -> tuple[dict, dict]:
+        if self._peer is None:
+            raise RuntimeError("this reply was already waited for")
+        peer, self._peer = self._peer, None
+        return self._client._receive(peer, self._head)
 
 
 def _refusal_text(reply: list, exc: FrameError) -> str:

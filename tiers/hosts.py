@@ -19,6 +19,7 @@ from tierflow.tiers.aggregate import WeightedSum
 from tierflow.tiers.dataplane import DataPlaneClient, DataPlaneServer, DataPlaneTimeout
 from tierflow.tiers.device_group import DeviceGroup, draw_batch, live_state
 from tierflow.tiers.engine import EngineChooser
+from tierflow.tiers.looped import LoopedSteps, train_interleaved
 from tierflow.tiers.memory import ReportsPeakMemory, relax_gc
 from tierflow.tiers.models import InputShape
 from tierflow.tiers.optim import OptimizerSpec
@@ -165,54 +166,28 @@ class DeviceHost(ReportsPeakMemory):
 
         ``session_id`` names the server-side session to step against when it is not the device's
         own (a capability ring's shared session)."""
-        device = self.devices[device_id]
+        run = self._looped(device_id, steps)
         upper_id = session_id or device_id
-        session = device.session
-        runner = session.runner
-        n_tiers = session.key.n_tiers
-        compute = [0.0, 0.0, 0.0]
-        up, down = [0, 0], [0, 0]
-        loss_sum, correct, samples = 0.0, 0, 0
         for _ in range(steps):
-            idx = device.sampler.next_indices()
-            x, y = device.setup.x[idx], device.setup.y[idx]
-            if n_tiers == 1:
-                t0 = time.perf_counter()
-                _, loss, ok = runner.forward_loss_backward([x], y, track_input_grad=False)
-                compute[0] += time.perf_counter() - t0
+            if run.n_tiers == 1:
+                run.local_step()
             else:
-                t0 = time.perf_counter()
-                acts = runner.forward([x], track_input_grad=False)
-                compute[0] += time.perf_counter() - t0
-                up[0] += wire_bytes(acts) + y.nbytes
-                reply = step_upper(edge, self.client, upper_id, acts, y)
-                down[0] += wire_bytes(reply.grads)
-                t0 = time.perf_counter()
-                runner.backward(reply.grads)
-                compute[0] += time.perf_counter() - t0
-                loss, ok = reply.loss, reply.correct
-                for k, c in enumerate(reply.compute_s):
-                    compute[1 + k] += c
-                for k, b in enumerate(reply.bytes_up):
-                    up[1 + k] += b
-                for k, b in enumerate(reply.bytes_down):
-                    down[1 + k] += b
-            loss_sum += loss * len(y)
-            correct += ok
-            samples += len(y)
-            session.steps_done += 1
-        finite = bool(np.isfinite(loss_sum)) and all(
-            bool(torch.isfinite(p).all()) for p in runner.module.parameters())
-        return TrainReport(device_id, edge_name, steps, samples, loss_sum, correct, tuple(compute), tuple(up),
-                           tuple(down), n_tiers, finite)
+                acts, y = run.forward()
+                run.backward(step_upper(edge, self.client, upper_id, acts, y))
+        return run.report(device_id, edge_name)
+
+    def _looped(self, device_id: str, steps: int) -> LoopedSteps:
+        device = self.devices[device_id]
+        return LoopedSteps(device.session, device.sampler, device.setup.x, device.setup.y, steps)
 
     def train_many(self, jobs: Sequence[tuple]) -> list[TrainReport]:
         """Train every job (device, steps, edge link, edge name[, session id]); reports in job order.
 
         Jobs that step against their own sessions and share a split, an edge (none for device-only
         splits), a batch shape and a step count form a group; where the host's engine for that
-        split and batch is ``vectorized``, the group trains as one DeviceGroup. The
-        rest (a ring's shared session: members train one after another on one state) train in turn.
+        split and batch is ``vectorized``, the group trains as one DeviceGroup. Looped devices
+        over the data plane train with their steps interleaved (tiers/looped.py). The rest (a
+        ring's shared session: members train one after another on one state) train in turn.
         One device's failure is reported as data; the others still train."""
         out: list[TrainReport | None] = [None] * len(jobs)
         groups: dict[tuple, list[int]] = {}
@@ -226,18 +201,31 @@ class DeviceHost(ReportsPeakMemory):
             if (job[4] if len(job) > 4 else None) in (None, device_id):
                 key, batch = device.session.key, device.sampler.batch_size
                 groups.setdefault((key, link if key.n_tiers > 1 else None, batch, steps), []).append(i)
+        interleaved = []
         for (key, link, batch, _), members in groups.items():
             engine = self.engines.engine(key, batch, len(members))
             if engine == "vectorized":
                 for i, report in zip(members, self._train_group([jobs[i] for i in members], link), strict=True):
                     out[i] = report
+            elif isinstance(link, str):  # over the data plane: steps of several devices in flight at once
+                interleaved += members
             else:
                 for i in members:
                     out[i] = replace(self._train_one(jobs[i]), engine=engine)
+        for i, report in zip(interleaved, self._train_interleaved([jobs[i] for i in interleaved]), strict=True):
+            out[i] = report
         for i, job in enumerate(jobs):
             if out[i] is None:
                 out[i] = self._train_one(job)
         return out
+
+    def _train_interleaved(self, jobs: Sequence[tuple]) -> list[TrainReport]:
+        """Looped devices that step against their own sessions over data-plane links, their steps
+        interleaved (tiers/looped.py); one device's failure is its own."""
+        runs = [self._looped(job[0], job[1]) for job in jobs]
+        errors = train_interleaved(runs, [job[2] for job in jobs], [job[0] for job in jobs], self.client)
+        return [run.report(job[0], job[3]) if exc is None else self._failed(job, exc)
+                for job, run, exc in zip(jobs, runs, errors, strict=True)]
 
     def _train_one(self, job: tuple) -> TrainReport:
         try:

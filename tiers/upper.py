@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tierflow.tiers.dataplane import DataPlaneClient
+from tierflow.tiers.dataplane import DataPlaneClient, PendingReply
 
 
 def call(target, method: str, *args):
@@ -68,11 +68,26 @@ def step_upper(link, client: DataPlaneClient | None, device_id: str, arrays: lis
                labels: np.ndarray) -> UpperReply:
     """One step on the tier above: over the pyzmq data plane when ``link`` is an endpoint."""
     if isinstance(link, str):
-        payload = {f"a{i}": a for i, a in enumerate(arrays)}
-        payload["labels"] = labels
-        meta, out = client.request(*_routed(link, {"op": "step", "device": device_id, "n": len(arrays)}), payload)
-        return _reply_from_wire(meta, out)
+        return submit_step(link, client, device_id, arrays, labels).wait()
     return call(link, "step", device_id, arrays, labels)
+
+
+class PendingStep:
+    """A step sent up a data-plane link; ``wait`` is its answer."""
+
+    def __init__(self, pending: PendingReply):
+        self._pending = pending
+
+    def wait(self) -> UpperReply:
+        return _reply_from_wire(*self._pending.wait())
+
+
+def submit_step(link: str, client: DataPlaneClient, device_id: str, arrays: list[np.ndarray],
+                labels: np.ndarray) -> PendingStep:
+    """Send one step up a data-plane link and return at once (several may be in flight)."""
+    payload = {f"a{i}": a for i, a in enumerate(arrays)}
+    payload["labels"] = labels
+    return PendingStep(client.submit(*_routed(link, {"op": "step", "device": device_id, "n": len(arrays)}), payload))
 
 
 @dataclass(frozen=True)
