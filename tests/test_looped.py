@@ -55,7 +55,8 @@ def _counts(report) -> tuple:
 
 
 @pytest.mark.parametrize("in_flight", [1, 2, 4])
-@pytest.mark.parametrize(("model", "cuts"), [("vgg5", ["pool1"]), ("mlp", ["fc1", "relu2"]), ("vgg5", ["pool1", "relu4"])])
+@pytest.mark.parametrize(("model", "cuts"), [("vgg5", ["pool1"]), ("mlp", ["fc1", "relu2"]),
+                                             ("vgg5", ["pool1", "relu4"])])
 def test_interleaved_steps_equal_devices_trained_one_after_another(monkeypatch, model, cuts, in_flight):
     one_by_one, edges_a, jobs_a = _world(model, cuts)
     try:
