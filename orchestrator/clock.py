@@ -28,6 +28,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
+from tierflow.orchestrator.layer_graphs import layer_graph
 from tierflow.orchestrator.profiles import profile_for
 from tierflow.orchestrator.resources import Resources
 from tierflow.orchestrator.scenario import Scenario
@@ -44,7 +45,7 @@ from tierflow.placement.cost import (
     period_cost,
     period_costs,
 )
-from tierflow.placement.graph import attach_profile, build_layer_graph
+from tierflow.placement.graph import attach_profile
 from tierflow.placement.profile import LayerProfile
 from tierflow.tiers.models import InputShape, build_model
 from tierflow.tiers.optim import OptimizerSpec
@@ -160,7 +161,7 @@ def build_cost_model(scenario: Scenario, shape: InputShape, profile: LayerProfil
     ``profile_path`` names a file; otherwise this host's cached profile, timed once if missing.
     """
     model = build_model(scenario.model.name, shape, seed=scenario.training.seed)
-    graph = build_layer_graph(model, (shape.channels, shape.height, shape.width), batch_size=8)
+    graph = layer_graph(model, (shape.channels, shape.height, shape.width), batch_size=8)
     compute = scenario.execution.compute
     if compute == "flops":
         return CostModel(graph, compute), None
