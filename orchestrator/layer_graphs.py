@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import networkx as nx
@@ -18,6 +17,7 @@ import torch
 from torch import fx, nn
 
 from tierflow.placement.graph import build_layer_graph
+from tierflow.tiers.cache_files import cache_root, write_entry
 
 FORMAT = 1  # bump when build_layer_graph's attributes change
 _NODE_FIELDS = {"fwd_flops": float, "bwd_flops": float, "activation_bytes": float, "param_bytes": int,
@@ -25,9 +25,7 @@ _NODE_FIELDS = {"fwd_flops": float, "bwd_flops": float, "activation_bytes": floa
 
 
 def graph_cache_dir() -> Path:
-    explicit = os.environ.get("TIERFLOW_CACHE_DIR")
-    base = Path(explicit) if explicit else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tierflow"
-    return base / "layer_graphs"
+    return cache_root() / "layer_graphs"
 
 
 def graph_key(model: nn.Module, sample_shape: tuple[int, ...], batch_size: int) -> str:
@@ -46,13 +44,7 @@ def layer_graph(model: nn.Module, sample_shape: tuple[int, ...], batch_size: int
     except (OSError, ValueError, KeyError, TypeError):
         pass  # missing, damaged or foreign: count again and replace it
     graph = build_layer_graph(model, sample_shape, batch_size)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(graph_to_json(graph))
-        tmp.replace(path)  # atomic: a concurrent run reads the old file or the new one, never half
-    except OSError:
-        pass  # no writable cache: only the next run's start-up pays
+    write_entry(path, graph_to_json(graph))
     return graph
 
 

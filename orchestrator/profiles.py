@@ -18,6 +18,7 @@ import torch
 from tierflow.orchestrator.errors import TierflowError
 from tierflow.orchestrator.files import read_text
 from tierflow.placement.profile import LayerProfile, ProfileError, host_name, time_layers
+from tierflow.tiers.cache_files import write_entry
 from tierflow.tiers.models import InputShape, build_model
 
 PROFILE_FILE = "layer_profile.json"
@@ -79,13 +80,7 @@ def profile_for(model_name: str, graph: nx.DiGraph, shape: InputShape, batch_siz
             pass  # a damaged cache entry is timed again and replaced
     model = build_model(model_name, shape, seed=seed)
     profile = time_layers(model, model_name, _shape_tuple(shape), batch_size)
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(profile.to_json())
-        tmp.replace(cached)  # atomic: a concurrent run reads the old file or the new one, never half
-    except OSError:
-        pass  # no writable cache: this run still charges one profile throughout
+    write_entry(cached, profile.to_json())  # unwritable: this run still charges one profile throughout
     return profile
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from tierflow.tiers.cache_files import cache_root
 from tierflow.tiers.device_group import choose_engine, unsupported
 from tierflow.tiers.optim import OptimizerSpec
 from tierflow.tiers.session import SplitKey, StageFactory
@@ -36,9 +37,7 @@ def engine_label(model_name: str, key: SplitKey, batch_size: int) -> str:
 
 
 def _cache_dir() -> Path:
-    explicit = os.environ.get("TIERFLOW_CACHE_DIR")
-    base = Path(explicit) if explicit else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tierflow"
-    return base / "engines"
+    return cache_root() / "engines"
 
 
 class EngineChooser:

@@ -85,9 +85,15 @@ class PendingStep:
 def submit_step(link: str, client: DataPlaneClient, device_id: str, arrays: list[np.ndarray],
                 labels: np.ndarray) -> PendingStep:
     """Send one step up a data-plane link and return at once (several may be in flight)."""
+    return PendingStep(client.submit(*_routed(link, {"op": "step", "device": device_id, "n": len(arrays)}),
+                                     _step_payload(arrays, labels)))
+
+
+def _step_payload(arrays: list[np.ndarray], labels: np.ndarray) -> dict[str, np.ndarray]:
+    """A step's (or a group's stacked) activations and labels, as the edge's handler reads them."""
     payload = {f"a{i}": a for i, a in enumerate(arrays)}
     payload["labels"] = labels
-    return PendingStep(client.submit(*_routed(link, {"op": "step", "device": device_id, "n": len(arrays)}), payload))
+    return payload
 
 
 @dataclass(frozen=True)
@@ -126,9 +132,7 @@ def step_upper_many(link, client: DataPlaneClient | None, device_ids: Sequence[s
     """One step of a device group on the tier above, in one message each way (``arrays`` and
     ``labels`` stacked in ``device_ids`` order); a plain object is called directly."""
     if isinstance(link, str):
-        payload = {f"a{i}": a for i, a in enumerate(arrays)}
-        payload["labels"] = labels
         meta, out = client.request(*_routed(link, {"op": "step_many", "devices": list(device_ids),
-                                                    "n": len(arrays)}), payload)
+                                                    "n": len(arrays)}), _step_payload(arrays, labels))
         return _group_reply_from_wire(meta, out, len(device_ids))
     return call(link, "step_many", list(device_ids), arrays, labels)
